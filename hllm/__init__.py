@@ -1,0 +1,1 @@
+"""HLLM platform: hierarchical LLM recommenders, trained and shipped end to end."""

@@ -1,0 +1,117 @@
+"""`hllm <step>`: every pipeline step runs from the shell, without Kubeflow.
+
+    hllm train --preset cpu-default --data ../shared/data/ml-100k --out runs/hllm
+    hllm train --preset cpu-default --data ../shared/data/ml-100k --out runs/sasrec --model sasrec
+    hllm evaluate --run runs/hllm
+    hllm compare runs/hllm runs/sasrec
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from hllm.errors import HLLMError
+
+log = logging.getLogger("hllm")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named preset: cpu-tiny, cpu-default, hllm-1b, hllm-7b")
+    p.add_argument("--config", help="YAML file overriding a preset (its `base:` names the preset)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hllm.config import load_config, parse_set
+    from hllm.train import train
+
+    cfg = load_config(args.preset, args.config, parse_set(args.set))
+    result = train(cfg, args.model, args.data, args.out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {Path(args.out) / 'metrics.json'}  {_headline(result)}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hllm.train import evaluate_run
+
+    result = evaluate_run(args.run, args.data)
+    print(f"wrote {Path(args.run) / 'metrics.json'}  {_headline(result)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    rows = []
+    for run in args.runs:
+        path = Path(run) / "metrics.json"
+        if not path.exists():
+            raise HLLMError(f"{path}: no metrics.json (train or evaluate the run first)")
+        rows.append((run, json.loads(path.read_text())))
+    print(markdown_table(rows))
+    return 0
+
+
+def markdown_table(rows: list[tuple[str, dict]]) -> str:
+    keys = ["recall@10", "ndcg@10", "recall@50", "ndcg@50", "recall@200", "ndcg@200", "mrr"]
+    lines = ["| run | model | " + " | ".join(keys) + " | train s |",
+             "|---|---|" + "---|" * (len(keys) + 1)]
+    for run, m in rows:
+        t = m.get("timings", {})
+        seconds = sum(v for k, v in t.items() if k.endswith("_s"))
+        lines.append(f"| {run} | {m.get('model')} | " + " | ".join(f"{m[k]:.4f}" for k in keys)
+                     + f" | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def _headline(m: dict) -> str:
+    return (f"test R@10={m['recall@10']:.4f} N@10={m['ndcg@10']:.4f} "
+            f"R@200={m['recall@200']:.4f} N@200={m['ndcg@200']:.4f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hllm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train HLLM or SASRec and evaluate it on the test split")
+    _add_config_args(p)
+    p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--model", default="hllm", choices=["hllm", "sasrec"])
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="re-score a run's best weights (full ranking)")
+    p.add_argument("--run", required=True, help="run directory written by `hllm train`")
+    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="print a Markdown table of runs' test metrics")
+    p.add_argument("runs", nargs="+")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "botocore", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
+    try:
+        return args.func(args)
+    except HLLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""HLLM: Item LLM (text -> item vector) + User LLM (item vectors -> next item vector).
+
+Item vectors are computed once per distinct item in a batch. When the Item LLM is
+frozen, every item is embedded once at start-up and the table is reused (the
+embedding cache); a trainable projection then adapts the frozen vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from hllm.config import Config
+from hllm.errors import ConfigError
+from hllm.models.base import SequentialRecommender
+from hllm.models.item_llm import ItemLLM
+from hllm.models.user_llm import UserLLM
+
+log = logging.getLogger(__name__)
+
+
+class HLLM(SequentialRecommender):
+    def __init__(self, cfg: Config, item_texts: Sequence[dict[str, str]]):
+        super().__init__(cfg.train.logit_scale_init, cfg.train.logit_scale_max)
+        self.item_llm = ItemLLM(cfg.item_llm)
+        self.user_llm = UserLLM(cfg.user_llm)
+        self.item_tokens = self.item_llm.tokenize(item_texts)  # index-aligned with item ids
+        d_item, d_user = self.item_llm.hidden_size, self.user_llm.hidden_size
+        mode = cfg.user_llm.item_proj
+        if mode not in ("auto", "linear", "none"):
+            raise ConfigError(f"user_llm.item_proj must be auto, linear or none, got {mode!r}")
+        if mode == "none" and d_item != d_user:
+            raise ConfigError(f"user_llm.item_proj=none needs equal widths, but the Item LLM has "
+                              f"{d_item} and the User LLM {d_user}; use item_proj: linear")
+        want_proj = mode == "linear" or (mode == "auto" and (d_item != d_user or self.item_llm.frozen))
+        self.item_proj = nn.Linear(d_item, d_user) if want_proj else nn.Identity()
+        # Filled by `cache_item_embeddings` when the Item LLM is frozen; not a parameter.
+        self.register_buffer("item_cache", torch.empty(0), persistent=False)
+
+    def cache_item_embeddings(self, device: torch.device, progress: bool = True) -> None:
+        """Embed every item once with the frozen Item LLM (the HLLM embedding cache)."""
+        self.item_cache = self.item_llm.encode_all(self.item_tokens, device=device,
+                                                   progress=progress).to(device)
+
+    def raw_item_embeddings(self, item_ids: torch.Tensor) -> torch.Tensor:
+        if self.item_cache.numel():
+            return self.item_cache[item_ids]
+        if self.item_llm.frozen:
+            log.warning("frozen Item LLM without a cache: embedding items on the fly")
+        ids = item_ids.tolist()
+        batch = self.item_llm.make_batch([self.item_tokens[i] for i in ids])
+        return self.item_llm(batch.to(item_ids.device))
+
+    def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
+        return self.item_proj(self.raw_item_embeddings(item_ids))
+
+    def user_states(self, item_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.user_llm(item_vecs, mask)
+
+    @torch.no_grad()
+    def all_item_vectors(self, num_items: int, device: torch.device) -> torch.Tensor:
+        if self.item_cache.numel():
+            raw = self.item_cache
+        else:
+            raw = self.item_llm.encode_all(self.item_tokens, device=device).to(device)
+        return torch.cat([self.item_proj(chunk) for chunk in raw.split(4096)])

@@ -1,0 +1,160 @@
+"""Item LLM: one item's text -> one embedding.
+
+Wraps any Hugging Face base model (decoder-only Llama/Qwen/Mistral, or a BERT-style
+encoder) loaded from a local directory, s3:// prefix or a tiny config. With
+`pooling="item_token"` (the HLLM default) a learned vector is placed in an extra
+slot after the text and the last hidden state at that slot is the item embedding;
+with `pooling="mean"` the hidden states of the item's tokens are averaged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hllm.config import ItemLLMConfig
+from hllm.data.item_text import (ByteTokenizer, HFTokenizer, ItemBatch, packed_batch,
+                                 padded_batch, token_budget_chunks, tokenize_items)
+from hllm.errors import ConfigError
+from hllm.models.pretrained import load_backbone, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+# Bidirectional encoders: attention is full within an item, not causal.
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet",
+                 "deberta", "deberta-v2", "modernbert"}
+
+
+class ItemLLM(nn.Module):
+    def __init__(self, cfg: ItemLLMConfig):
+        super().__init__()
+        if cfg.pooling not in ("item_token", "mean"):
+            raise ConfigError(f"item_llm.pooling must be item_token or mean, got {cfg.pooling!r}")
+        self.cfg = cfg
+        self.backbone = load_backbone(cfg.path, cfg.init, cfg.arch,
+                                      trust_remote_code=cfg.trust_remote_code)
+        config = self.backbone.config
+        self.hidden_size: int = config.hidden_size
+        self.causal = config.model_type not in ENCODER_TYPES
+        self.tokenizer = self._tokenizer()
+        # The [ITEM] slot's input embedding: not a vocabulary entry, init N(0, 0.02) as in HLLM.
+        self.item_token = (nn.Parameter(torch.randn(1, self.hidden_size) * 0.02)
+                           if cfg.pooling == "item_token" else None)
+        if cfg.gradient_checkpointing:
+            self.backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._set_trainable(cfg.trainable, cfg.top_k_layers)
+
+    # ------------------------------------------------------------ setup
+    def _tokenizer(self):
+        if self.cfg.tokenizer == "bytes":
+            return ByteTokenizer()
+        if self.cfg.tokenizer != "auto":
+            return HFTokenizer(resolve_model_dir(self.cfg.tokenizer), self.cfg.trust_remote_code)
+        if self.cfg.path is None:
+            raise ConfigError("item_llm without a path needs tokenizer: bytes, or a tokenizer path")
+        return HFTokenizer(resolve_model_dir(self.cfg.path), self.cfg.trust_remote_code)
+
+    def _set_trainable(self, mode: str, top_k: int) -> None:
+        if mode not in ("full", "frozen", "top-k"):
+            raise ConfigError(f"item_llm.trainable must be full, frozen or top-k, got {mode!r}")
+        if mode == "full":
+            return
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        if mode == "frozen":
+            if self.item_token is not None:
+                self.item_token.requires_grad_(False)
+            return
+        layers = _decoder_layers(self.backbone)
+        if not 0 < top_k <= len(layers):
+            raise ConfigError(f"item_llm.top_k_layers={top_k} but the model has {len(layers)} layers")
+        for layer in layers[-top_k:]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+        norm = getattr(self.backbone, "norm", None)  # final norm of decoder models
+        if norm is not None:
+            for p in norm.parameters():
+                p.requires_grad_(True)
+
+    @property
+    def frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    # ------------------------------------------------------------ batching
+    def tokenize(self, texts: Sequence[dict[str, str]]) -> list[list[int]]:
+        prompt_len = len(self.tokenizer.encode(self.cfg.prompt))
+        if prompt_len >= self.cfg.max_text_len:
+            raise ConfigError(f"item_llm.max_text_len={self.cfg.max_text_len} leaves no room for item "
+                              f"text after the {prompt_len}-token prompt; raise it or shorten the prompt")
+        return tokenize_items(texts, self.tokenizer, prompt=self.cfg.prompt,
+                              separator=self.cfg.field_separator, max_len=self.cfg.max_text_len)
+
+    def make_batch(self, token_ids: Sequence[Sequence[int]], packed: bool | None = None) -> ItemBatch:
+        packed = self.cfg.packed if packed is None else packed
+        slot = self.item_token is not None
+        if packed:
+            return packed_batch(token_ids, self.tokenizer.pad_id, slot, pack_len=self.cfg.pack_len)
+        return padded_batch(token_ids, self.tokenizer.pad_id, slot)
+
+    # ------------------------------------------------------------ forward
+    def forward(self, batch: ItemBatch) -> torch.Tensor:
+        """(n, hidden) embeddings of the batch's items, in batch order."""
+        embeds = self.backbone.get_input_embeddings()(batch.input_ids)  # (R, T, D)
+        if self.item_token is not None:
+            slot = self.item_token.to(embeds.dtype).expand_as(embeds)
+            embeds = torch.where(batch.item_slots[..., None], slot, embeds)
+        real = batch.segment_ids >= 0
+        if self.causal and batch.packed:
+            # No mask + restarting position ids: transformers builds a block-diagonal causal
+            # mask (sdpa/eager) or runs varlen flash attention, so items never see each other.
+            out = self.backbone(inputs_embeds=embeds, position_ids=batch.position_ids, use_cache=False)
+        elif self.causal:
+            out = self.backbone(inputs_embeds=embeds, attention_mask=real.long(),
+                                position_ids=batch.position_ids, use_cache=False)
+        else:
+            mask = batch.attention_mask_4d(causal=False) if batch.packed else real.long()
+            out = self.backbone(inputs_embeds=embeds, attention_mask=mask,
+                                position_ids=torch.where(real, batch.position_ids, 0))
+        hidden = out.last_hidden_state.flatten(0, 1)  # (R*T, D)
+        if self.item_token is not None:
+            return hidden[batch.readout]
+        seg = batch.segment_ids.flatten()
+        keep = seg >= 0
+        sums = hidden.new_zeros(batch.num_items, hidden.size(-1)).index_add_(0, seg[keep], hidden[keep])
+        counts = torch.bincount(seg[keep], minlength=batch.num_items).clamp_min(1)
+        return sums / counts[:, None].to(sums.dtype)
+
+    @torch.no_grad()
+    def encode_all(self, token_ids: Sequence[Sequence[int]], *, device: torch.device,
+                   packed: bool | None = None, progress: bool = True) -> torch.Tensor:
+        """Embed every item once (no grad), in chunks of ~batch_tokens tokens: (n, hidden)."""
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+        lengths = [len(token_ids[i]) + 1 for i in order]
+        out = torch.empty(len(token_ids), self.hidden_size)
+        bar = tqdm(total=len(order), desc="embed items", unit="item", disable=not progress,
+                   mininterval=2.0)
+        for chunk in token_budget_chunks(lengths, self.cfg.batch_tokens):
+            ids = [order[c] for c in chunk]
+            batch = self.make_batch([token_ids[i] for i in ids], packed).to(device)
+            out[ids] = self(batch).float().cpu()
+            bar.update(len(ids))
+        bar.close()
+        self.train(was_training)
+        return out
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks (Llama: .layers, BERT: .encoder.layer)."""
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ConfigError(f"cannot find the {n} transformer layers of {type(model).__name__} "
+                      "for item_llm.trainable=top-k")

@@ -1,0 +1,438 @@
+"""One training loop for every model (HLLM, SASRec).
+
+    hllm train --preset cpu-tiny --data ../shared/data/ml-100k --out runs/tiny
+    torchrun --nproc-per-node 2 -m hllm.cli train --preset cpu-tiny --data ... --out ...
+
+Features and the setting that turns each on:
+  * AdamW, linear warmup then cosine decay ........ train.lr, train.warmup_ratio
+  * bf16 autocast where the device supports it ..... train.precision (auto | bf16 | fp32)
+  * gradient accumulation ......................... train.grad_accum
+  * gradient checkpointing ........................ item_llm / user_llm.gradient_checkpointing
+  * safetensors checkpoints with exact resume ..... train.checkpoint_every, --resume
+  * early stopping on validation NDCG@10 .......... train.patience
+  * DDP under torchrun (gloo on CPU, nccl on GPU) . launch with torchrun
+  * progress bars (epoch, loss, seq/s) ............ on when stderr is a TTY
+
+Determinism: the epoch's data order comes from (seed, epoch) and each step's
+negatives from (seed, step), so a resumed run replays exactly what an uninterrupted
+one would, and N DDP ranks with batch B see the same batches as one process with
+batch N*B (rank r takes every N-th sequence; negatives are sliced and all-gathered).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+from hllm.config import Config, config_from_dict
+from hllm.data.readers import read_dataset
+from hllm.data.split import SplitData, build_split
+from hllm.distributed import (Dist, all_reduce_sum, barrier, gather_with_grad, init_distributed,
+                              pick_device)
+from hllm.errors import ConfigError
+from hllm.evaluate import metrics_from_ranks, user_ranks
+from hllm.models.base import SequentialRecommender
+from hllm.models.hllm import HLLM
+from hllm.models.sasrec import SASRec
+from hllm.item_cache import load_or_compute_item_cache
+
+log = logging.getLogger(__name__)
+
+MODELS = ("hllm", "sasrec")
+
+
+@dataclass
+class TrainState:
+    """Where the loop is; saved in every checkpoint for exact resume."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps done in `epoch`
+    global_step: int = 0
+    best_ndcg10: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    done: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_model(cfg: Config, model_name: str, split: SplitData) -> SequentialRecommender:
+    if model_name == "hllm":
+        return HLLM(cfg, split.item_text)
+    if model_name == "sasrec":
+        return SASRec(cfg.sasrec, split.num_items, cfg.data.max_history + 1,
+                      cfg.train.logit_scale_init, cfg.train.logit_scale_max)
+    raise ConfigError(f"unknown model {model_name!r} (known: {', '.join(MODELS)})")
+
+
+def load_split(data: str, cfg: Config) -> SplitData:
+    return build_split(read_dataset(data, cfg.data.format), cfg.data)
+
+
+def autocast_context(cfg: Config, device: torch.device):
+    precision = cfg.train.precision
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return fn
+
+
+def saved_state_dict(model: SequentialRecommender, cfg: Config) -> dict[str, torch.Tensor]:
+    """Weights worth saving: a frozen pretrained Item LLM is re-read from its path instead."""
+    state = model.state_dict()
+    if isinstance(model, HLLM) and model.item_llm.frozen and cfg.item_llm.init == "pretrained":
+        state = {k: v for k, v in state.items() if not k.startswith("item_llm.backbone.")}
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def load_weights(model: SequentialRecommender, path: Path) -> None:
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed = "item_llm.backbone."
+    really_missing = [k for k in missing if not k.startswith(allowed)]
+    if really_missing or unexpected:
+        raise ConfigError(f"{path}: weights do not match the model "
+                          f"(missing {really_missing[:5]}, unexpected {unexpected[:5]})")
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model_name: str, data: str, out: str | Path,
+                 resume: bool = False, progress: bool | None = None):
+        self.cfg, self.model_name, self.data = cfg, model_name, data
+        self.out = Path(out)
+        self.dist: Dist = init_distributed()
+        self.device = pick_device(self.dist)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = self.progress and self.dist.is_main
+        self.resume = resume
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        if self.out.exists() and (self.out / "checkpoint").exists() and not self.resume:
+            raise ConfigError(f"{self.out} already holds a checkpoint; pass --resume to continue "
+                              "it, or choose another --out")
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(
+                {"model": self.model_name, "data": str(self.data), **cfg.to_dict()}, sort_keys=False))
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        t0 = time.perf_counter()
+        self.split = load_split(self.data, cfg)
+        self.timings["load_data_s"] = time.perf_counter() - t0
+        self.windows = self.split.train_windows(cfg.data.max_history)
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg, self.model_name, self.split).to(self.device)
+        if isinstance(self.model, HLLM) and self.model.item_llm.frozen:
+            t0 = time.perf_counter()
+            load_or_compute_item_cache(self.model, cfg, self.device, self.dist, self.progress)
+            self.timings["item_cache_s"] = time.perf_counter() - t0
+        self.ddp = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    if self.dist.enabled else self.model)
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.train.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+        self.steps_per_epoch = self._steps_per_epoch()
+        total = self.steps_per_epoch * cfg.train.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(total, cfg.train.warmup_ratio))
+        self.state = TrainState()
+        if self.resume and (self.out / "checkpoint").exists():
+            self._load_checkpoint(self.out / "checkpoint")
+        n_params = sum(p.numel() for p in self.model.parameters())
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        log.info("%s: %d users, %d items, %d training windows; %.1fM params (%.2fM trainable); "
+                 "%d steps/epoch on %s x%d", self.model_name, self.split.num_users,
+                 self.split.num_items, len(self.windows), n_params / 1e6, n_train / 1e6,
+                 self.steps_per_epoch, self.device, self.dist.world_size)
+
+    def _steps_per_epoch(self) -> int:
+        per_rank = len(self.windows) // self.dist.world_size
+        micro = math.ceil(per_rank / self.cfg.train.batch_size)
+        return max(1, micro // self.cfg.train.grad_accum)
+
+    # ------------------------------------------------------------ data
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's micro-batches (window indices) for `epoch`, in a seeded order."""
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.windows), generator=g).tolist()
+        w = self.dist.world_size
+        perm = perm[: len(perm) - len(perm) % w][self.dist.rank::w]
+        b = self.cfg.train.batch_size
+        batches = [perm[i: i + b] for i in range(0, len(perm), b)]
+        return batches[: self.steps_per_epoch * self.cfg.train.grad_accum]
+
+    def _collate(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = [self.windows[i] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        for b, s in enumerate(seqs):
+            ids[b, : len(s)] = torch.from_numpy(np.ascontiguousarray(s))
+        return ids.to(self.device), (ids > 0).to(self.device)
+
+    def _negatives(self, micro_step: int) -> torch.Tensor:
+        """This rank's slice of the step's global negative pool (uniform over all items)."""
+        n, w, r = self.cfg.train.num_negatives, self.dist.world_size, self.dist.rank
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 7_919 + micro_step)
+        pool = torch.randint(1, self.split.num_items + 1, (n - n % w,), generator=g)
+        share = len(pool) // w
+        return pool[r * share: (r + 1) * share].to(self.device)
+
+    # ------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        t_start = time.perf_counter()
+        while not st.done and st.epoch < cfg.train.epochs:
+            self._train_epoch()
+            if st.done:
+                break
+            self._end_of_epoch()
+        self.timings["train_s"] = self.timings.get("train_s", 0.0) + time.perf_counter() - t_start
+        return self.finish()
+
+    def _train_epoch(self) -> None:
+        cfg, st = self.cfg, self.state
+        self.model.train()
+        batches = self._epoch_batches(st.epoch)
+        accum = cfg.train.grad_accum
+        groups = [batches[i: i + accum] for i in range(0, len(batches), accum)]
+        bar = tqdm(total=len(groups), initial=st.step_in_epoch, disable=not self.progress,
+                   desc=f"epoch {st.epoch + 1}/{cfg.train.epochs}", unit="step", mininterval=1.0)
+        t0, seen = time.perf_counter(), 0
+        losses = []
+        for group in groups[st.step_in_epoch:]:
+            loss, stats = self._optimizer_step(group, st.global_step)
+            losses.append(loss)
+            st.step_in_epoch += 1
+            st.global_step += 1
+            seen += sum(len(b) for b in group) * self.dist.world_size
+            bar.set_postfix(loss=f"{loss:.4f}", seq_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                            lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            bar.update(1)
+            if self.dist.is_main and st.global_step % 10 == 0:
+                self._log_event({"step": st.global_step, "epoch": st.epoch, "loss": loss, **stats})
+            if cfg.train.checkpoint_every and st.global_step % cfg.train.checkpoint_every == 0:
+                self._save_checkpoint()
+            if cfg.train.max_steps and st.global_step >= cfg.train.max_steps:
+                st.done = True
+                self._save_checkpoint()
+                log.info("stopped at max_steps=%d (resume with --resume)", cfg.train.max_steps)
+                break
+        bar.close()
+        self._epoch_loss = float(np.mean(losses)) if losses else float("nan")
+
+    def _optimizer_step(self, group: list[list[int]], step: int) -> tuple[float, dict[str, float]]:
+        cfg = self.cfg
+        collated = [self._collate(b) for b in group]
+        # Normalise by the number of predicted positions over the whole step and all ranks,
+        # so the gradient equals that of one big batch, whatever the split into micro-batches.
+        count = sum(int((m[:, 1:] & m[:, :-1]).sum()) for _, m in collated)
+        total = float(all_reduce_sum(torch.tensor(float(count))).item())
+        self.model.clamp_logit_scale()
+        loss_total, stats = 0.0, {}
+        for i, (seqs, mask) in enumerate(collated):
+            last = i == len(collated) - 1
+            sync = nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
+            with sync, autocast_context(cfg, self.device):
+                loss_sum, _, stats = self.ddp(seqs, mask, self._negatives(step * len(collated) + i),
+                                              gather_with_grad, cfg.train.nce_threshold)
+                # DDP averages gradients over ranks; scale by world size to get the global sum.
+                loss = loss_sum * self.dist.world_size / max(total, 1.0)
+            loss.backward()
+            loss_total += float(loss_sum.detach()) / max(total, 1.0)
+        if cfg.train.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        global_loss = float(all_reduce_sum(torch.tensor(loss_total)).item())
+        return global_loss, stats
+
+    def _end_of_epoch(self) -> None:
+        cfg, st = self.cfg, self.state
+        metrics = self.evaluate("valid")
+        record = {"epoch": st.epoch + 1, "train_loss": self._epoch_loss,
+                  **{f"valid_{k}": v for k, v in metrics.items()}}
+        st.history.append(record)
+        if self.dist.is_main:
+            log.info("epoch %d: loss %.4f  valid R@10 %.4f N@10 %.4f", st.epoch + 1,
+                     self._epoch_loss, metrics["recall@10"], metrics["ndcg@10"])
+            self._log_event(record)
+        if metrics["ndcg@10"] > st.best_ndcg10:
+            st.best_ndcg10, st.best_epoch, st.bad_epochs = metrics["ndcg@10"], st.epoch + 1, 0
+            self._save_weights(self.out / "best")
+        else:
+            st.bad_epochs += 1
+            if st.bad_epochs >= cfg.train.patience:
+                log.info("early stop: no validation NDCG@10 gain for %d epochs", st.bad_epochs)
+                st.done = True
+        st.epoch += 1
+        st.step_in_epoch = 0
+        self._save_checkpoint()
+
+    def evaluate(self, stage: str) -> dict[str, float]:
+        ranks = self.ranks(stage)
+        return metrics_from_ranks(ranks)
+
+    def ranks(self, stage: str) -> np.ndarray:
+        """Ranks for all users; under DDP each rank scores a slice and the slices are joined."""
+        users = list(range(self.split.num_users))[self.dist.rank::self.dist.world_size]
+        with autocast_context(self.cfg, self.device):
+            mine = user_ranks(self.model, self.split, stage, max_len=self.cfg.data.max_history,
+                              device=self.device, batch_size=self.cfg.train.eval_batch_size,
+                              users=users, progress=self.progress)
+        if not self.dist.enabled:
+            return mine
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(parts, mine)
+        return np.concatenate(parts)
+
+    def finish(self) -> dict[str, Any]:
+        """Reload the best weights, score validation and test, write metrics.json."""
+        best = self.out / "best" / "model.safetensors"
+        barrier()
+        if best.exists():
+            load_weights(self.model, best)
+        t0 = time.perf_counter()
+        test_ranks = self.ranks("test")
+        test = metrics_from_ranks(test_ranks)
+        valid = self.evaluate("valid")
+        self.timings["evaluate_s"] = time.perf_counter() - t0
+        result = {**test, "valid": valid, "model": self.model_name, "preset": self.cfg.preset,
+                  "best_epoch": self.state.best_epoch, "epochs_run": self.state.epoch,
+                  "num_users": self.split.num_users, "num_items": self.split.num_items,
+                  "split_sha256": self.split.fingerprint(), "world_size": self.dist.world_size,
+                  "timings": self.timings, "history": self.state.history}
+        if self.dist.is_main:
+            write_json(self.out / "metrics.json", result)
+            np.save(self.out / "test_ranks.npy", test_ranks)
+        return result
+
+    # ------------------------------------------------------------ checkpoints
+    def _log_event(self, record: dict[str, Any]) -> None:
+        with open(self.out / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _save_weights(self, directory: Path) -> None:
+        if not self.dist.is_main:
+            return
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(saved_state_dict(self.model, self.cfg), str(tmp / "model.safetensors"))
+        _swap(tmp, directory)
+
+    def _save_checkpoint(self) -> None:
+        """model.safetensors + optimizer/scheduler/RNG (trainer.pt) + state.json, atomically."""
+        if self.dist.is_main:
+            directory = self.out / "checkpoint"
+            tmp = directory.with_name("checkpoint.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file(saved_state_dict(self.model, self.cfg), str(tmp / "model.safetensors"))
+            torch.save({"optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "numpy_rng": np.random.get_state()[1]}, tmp / "trainer.pt")
+            write_json(tmp / "state.json", self.state.__dict__)
+            _swap(tmp, directory)
+        barrier()
+
+    def _load_checkpoint(self, directory: Path) -> None:
+        load_weights(self.model, directory / "model.safetensors")
+        extra = torch.load(directory / "trainer.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        if torch.cuda.is_available() and extra["cuda_rng"]:
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
+        self.state = TrainState(**json.loads((directory / "state.json").read_text()))
+        self.state.done = False
+        log.info("resumed from %s at epoch %d, step %d", directory, self.state.epoch,
+                 self.state.global_step)
+
+
+def _swap(tmp: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    raise TypeError(f"not JSON serializable: {type(value)}")
+
+
+def train(cfg: Config, model_name: str, data: str, out: str | Path, resume: bool = False,
+          progress: bool | None = None) -> dict[str, Any]:
+    trainer = Trainer(cfg, model_name, data, out, resume=resume, progress=progress)
+    trainer.setup()
+    return trainer.train()
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None,
+                 progress: bool | None = None) -> dict[str, Any]:
+    """Rebuild a run's model from its config.yaml and best weights, and score it again."""
+    run_dir = Path(run_dir)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    model_name, saved_data = saved.pop("model"), saved.pop("data")
+    cfg = config_from_dict(saved)
+    trainer = Trainer(cfg, model_name, data or saved_data, run_dir, resume=True, progress=progress)
+    trainer.cfg = cfg
+    split = load_split(trainer.data, cfg)
+    trainer.split = split
+    torch.manual_seed(cfg.train.seed)
+    trainer.model = build_model(cfg, model_name, split).to(trainer.device)
+    if isinstance(trainer.model, HLLM) and trainer.model.item_llm.frozen:
+        load_or_compute_item_cache(trainer.model, cfg, trainer.device, trainer.dist, trainer.progress)
+    previous = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    trainer.state = TrainState(best_epoch=previous.get("best_epoch", -1),
+                               epoch=previous.get("epochs_run", 0),
+                               history=previous.get("history", []))
+    return trainer.finish()

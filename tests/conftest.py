@@ -1,0 +1,69 @@
+"""Shared fixtures: real data paths, small synthetic datasets, an isolated cache."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ML100K = (ROOT / ".." / "shared" / "data" / "ml-100k").resolve()
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Western"]
+
+
+def write_recbole(directory: Path, inter_rows: list[tuple], item_rows: list[tuple] | None,
+                  name: str = "toy") -> Path:
+    """Write a RecBole atomic dataset (typed headers, tab-separated)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    lines += ["\t".join(map(str, r)) for r in inter_rows]
+    (directory / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    if item_rows is not None:
+        lines = ["item_id:token\ttitle:token_seq\tgenre:token_seq"]
+        lines += ["\t".join(map(str, r)) for r in item_rows]
+        (directory / f"{name}.item").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def synthetic_rows(n_users: int = 40, n_items: int = 60, seed: int = 0,
+                   min_len: int = 8, max_len: int = 20) -> tuple[list[tuple], list[tuple]]:
+    """Users who mostly follow one genre, so a model has something real to learn."""
+    rng = random.Random(seed)
+    items = [(i, f"Movie {i}", GENRES[i % len(GENRES)]) for i in range(1, n_items + 1)]
+    by_genre: dict[str, list[int]] = {}
+    for i, _, g in items:
+        by_genre.setdefault(g, []).append(i)
+    inter = []
+    for u in range(1, n_users + 1):
+        genre = GENRES[u % len(GENRES)]
+        t = 1_000_000 + u * 10_000
+        chosen = rng.sample(range(1, n_items + 1), k=rng.randint(min_len, max_len))
+        for i in chosen:
+            if rng.random() < 0.7:
+                i = rng.choice(by_genre[genre])
+            t += rng.randint(1, 100)
+            inter.append((u, i, 4, t))
+    return inter, items
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> Path:
+    inter, items = synthetic_rows()
+    return write_recbole(tmp_path / "toy", inter, items)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_item_cache(tmp_path, monkeypatch):
+    """Item-embedding caches go to a temp dir; the converted SmolLM2 stays shared."""
+    models = Path(os.environ.get("HLLM_CACHE", Path.home() / ".cache" / "hllm")) / "models"
+    cache = tmp_path / "hllm-cache"
+    cache.mkdir()
+    if models.exists():
+        (cache / "models").symlink_to(models)
+    monkeypatch.setenv("HLLM_CACHE", str(cache))
