@@ -65,7 +65,7 @@ def _history_batch(split: SplitData, users: Sequence[int], stage: str, max_len: 
     width = max(len(h) for h in hists)
     ids = torch.zeros(len(hists), width, dtype=torch.long)
     for b, h in enumerate(hists):
-        ids[b, : len(h)] = torch.from_numpy(np.ascontiguousarray(h))
+        ids[b, : len(h)] = torch.tensor(h)
     return ids.to(device), (ids > 0).to(device)
 
 

@@ -143,7 +143,7 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(
-                {"model": self.model_name, "data": str(self.data), **cfg.to_dict()}, sort_keys=False))
+                {"run": {"model": self.model_name, "dataset": str(self.data)}, **cfg.to_dict()}, sort_keys=False))
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         t0 = time.perf_counter()
@@ -198,7 +198,7 @@ class Trainer:
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
         for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.from_numpy(np.ascontiguousarray(s))
+            ids[b, : len(s)] = torch.tensor(s)
         return ids.to(self.device), (ids > 0).to(self.device)
 
     def _negatives(self, micro_step: int) -> torch.Tensor:
@@ -366,8 +366,8 @@ class Trainer:
             torch.save({"optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                        "numpy_rng": np.random.get_state()[1]}, tmp / "trainer.pt")
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                       tmp / "trainer.pt")
             write_json(tmp / "state.json", self.state.__dict__)
             _swap(tmp, directory)
         barrier()
@@ -421,7 +421,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None,
     """Rebuild a run's model from its config.yaml and best weights, and score it again."""
     run_dir = Path(run_dir)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    model_name, saved_data = saved.pop("model"), saved.pop("data")
+    run = saved.pop("run")
+    model_name, saved_data = run["model"], run["dataset"]
     cfg = config_from_dict(saved)
     trainer = Trainer(cfg, model_name, data or saved_data, run_dir, resume=True, progress=progress)
     trainer.cfg = cfg

@@ -89,8 +89,11 @@ def load_backbone(path: str | None, init: str, arch: dict[str, Any], *,
             raise ConfigError("init: pretrained needs a path (local dir, s3:// prefix or alias)")
         if not arch:
             raise ConfigError("a model without a path needs an `arch` (LlamaConfig fields)")
-        config = LlamaConfig(**arch)
-        config._attn_implementation = attn_implementation
+        # `model_type` picks another architecture (e.g. "bert"); Llama otherwise.
+        fields = dict(arch)
+        model_type = fields.pop("model_type", "llama")
+        config = (LlamaConfig(**fields) if model_type == "llama"
+                  else AutoConfig.for_model(model_type, **fields))
         return AutoModel.from_config(config, attn_implementation=attn_implementation)
     directory = resolve_model_dir(path)
     if init == "random":

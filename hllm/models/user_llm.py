@@ -15,6 +15,9 @@ class UserLLM(nn.Module):
         self.backbone = load_backbone(cfg.path, cfg.init, cfg.arch,
                                       trust_remote_code=cfg.trust_remote_code)
         self.hidden_size: int = self.backbone.config.hidden_size
+        # The word-embedding table is never read (inputs are item vectors): freeze it so
+        # the optimizer skips it and DDP does not wait for a gradient that never comes.
+        self.backbone.get_input_embeddings().requires_grad_(False)
         if cfg.gradient_checkpointing:
             self.backbone.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})

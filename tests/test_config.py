@@ -1,0 +1,36 @@
+"""Presets, YAML overrides and --set: typed, and every bad key reported at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from hllm.config import PRESETS, load_config, parse_set
+from hllm.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build(name):
+    cfg = load_config(name)
+    assert cfg.preset == name
+
+
+def test_yaml_base_and_set_override(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: cpu-tiny\ntrain:\n  epochs: 7\nitem_llm:\n  pooling: mean\n")
+    cfg = load_config(None, path, parse_set(["train.lr=3e-4", "data.text_fields=title,genre"]))
+    assert (cfg.preset, cfg.train.epochs, cfg.train.lr) == ("cpu-tiny", 7, 3e-4)
+    assert cfg.item_llm.pooling == "mean" and cfg.data.text_fields == ("title", "genre")
+
+
+def test_all_bad_keys_reported_together():
+    with pytest.raises(ConfigError) as err:
+        load_config("cpu-tiny", None, {"train.lrr": 1, "nope.x": 1, "train.epochs": "many"})
+    text = str(err.value)
+    assert "unknown key 'lrr' in train" in text
+    assert "unknown section 'nope'" in text
+    assert "'train.epochs': invalid literal" in text or "'train.epochs'" in text
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'gpu-huge'"):
+        load_config("gpu-huge")
