@@ -61,7 +61,7 @@ class UserLLMConfig:
     path: str | None = None
     init: str = "random"  # random (from arch) | pretrained (from path)
     arch: dict[str, Any] = field(default_factory=dict)
-    item_proj: str = "auto"  # auto: linear when widths differ or the Item LLM is frozen; linear | none
+    item_proj: str = "auto"  # auto: linear when widths differ or the Item LLM is frozen; linear | mlp | none
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 

@@ -67,3 +67,21 @@ def _isolated_item_cache(tmp_path, monkeypatch):
     if models.exists():
         (cache / "models").symlink_to(models)
     monkeypatch.setenv("HLLM_CACHE", str(cache))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real S3-compatible endpoint on 127.0.0.1 for the whole session."""
+    from servers import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as url:
+        yield url
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    return s3_endpoint

@@ -30,13 +30,18 @@ class HLLM(SequentialRecommender):
         self.item_tokens = self.item_llm.tokenize(item_texts)  # index-aligned with item ids
         d_item, d_user = self.item_llm.hidden_size, self.user_llm.hidden_size
         mode = cfg.user_llm.item_proj
-        if mode not in ("auto", "linear", "none"):
-            raise ConfigError(f"user_llm.item_proj must be auto, linear or none, got {mode!r}")
+        if mode not in ("auto", "linear", "mlp", "none"):
+            raise ConfigError(f"user_llm.item_proj must be auto, linear, mlp or none, got {mode!r}")
         if mode == "none" and d_item != d_user:
             raise ConfigError(f"user_llm.item_proj=none needs equal widths, but the Item LLM has "
                               f"{d_item} and the User LLM {d_user}; use item_proj: linear")
-        want_proj = mode == "linear" or (mode == "auto" and (d_item != d_user or self.item_llm.frozen))
-        self.item_proj = nn.Linear(d_item, d_user) if want_proj else nn.Identity()
+        want_proj = mode in ("linear", "mlp") or (
+            mode == "auto" and (d_item != d_user or self.item_llm.frozen))
+        if mode == "mlp":  # more capacity to adapt a frozen Item LLM's vectors
+            self.item_proj: nn.Module = nn.Sequential(
+                nn.Linear(d_item, 2 * d_user), nn.GELU(), nn.Linear(2 * d_user, d_user))
+        else:
+            self.item_proj = nn.Linear(d_item, d_user) if want_proj else nn.Identity()
         # Filled by `cache_item_embeddings` when the Item LLM is frozen; not a parameter.
         self.register_buffer("item_cache", torch.empty(0), persistent=False)
 

@@ -1,0 +1,61 @@
+"""The CLI turns bad input into one readable line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_recbole
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hllm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hllm.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "no such file or directory"),
+    ("no_timestamp", "missing column(s) timestamp"),
+    ("header_only", "header but no rows"),
+    ("one_each", "no user has at least 3 interactions"),
+])
+def test_bad_data_gives_a_one_line_error(tmp_path, case, expected):
+    data = tmp_path / "data"
+    if case == "no_timestamp":
+        data.mkdir()
+        (data / "d.inter").write_text("user_id:token\titem_id:token\n1\t1\n")
+    elif case == "header_only":
+        write_recbole(data, [], None)
+    elif case == "one_each":
+        write_recbole(data, [(1, 1, 5, 1), (2, 2, 5, 2)], [(1, "a", "g"), (2, "b", "g")])
+    result = hllm("train", "--preset", "cpu-tiny", "--data", str(data), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(data.name) in result.stderr or case == "one_each"
+
+
+def test_bad_override_is_refused_before_any_work(tmp_path, toy_data):
+    result = hllm("train", "--preset", "cpu-tiny", "--data", str(toy_data), "--out", str(tmp_path / "r"),
+                  "--set", "train.lr=fast")
+    assert result.returncode == 2 and "'train.lr'" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_then_evaluate_and_compare(tmp_path, toy_data):
+    out = tmp_path / "run"
+    trained = hllm("train", "--preset", "cpu-tiny", "--data", str(toy_data), "--out", str(out),
+                   "--model", "sasrec", "--set", "train.epochs=1")
+    assert trained.returncode == 0, trained.stderr
+    assert "wrote" in trained.stdout and "test R@10=" in trained.stdout
+    evaluated = hllm("evaluate", "--run", str(out))
+    assert evaluated.returncode == 0, evaluated.stderr
+    # Same weights, same split: evaluate prints the numbers train printed.
+    assert trained.stdout.split("  ", 1)[1] == evaluated.stdout.split("  ", 1)[1]
+    table = hllm("compare", str(out))
+    assert table.returncode == 0 and "| sasrec |" in table.stdout
