@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ../shared/data/ml-100k
-RUN    ?= runs/ml-100k
+RUN_ID := $(shell date +%Y%m%d-%H%M%S)
+RUN    ?= runs/ml-100k-$(RUN_ID)
 PRESET ?= cpu-default
 
 .PHONY: run test bench venv clean
@@ -25,7 +26,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/hllm train --preset $(PRESET) --data $(DATA) --out $(RUN)/hllm --model hllm
 	$(BIN)/hllm train --preset $(PRESET) --data $(DATA) --out $(RUN)/sasrec --model sasrec
-	$(BIN)/hllm compare $(RUN)/hllm $(RUN)/sasrec
+	$(BIN)/hllm compare $(RUN)/hllm $(RUN)/sasrec | tee $(RUN)/results.md
+	ln -sfn $(notdir $(RUN)) runs/latest
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -66,7 +66,8 @@ class TrainState:
     best_ndcg10: float = -1.0
     best_epoch: int = -1
     bad_epochs: int = 0
-    done: bool = False
+    stopped_early: bool = False  # patience ran out: a resumed run does not train further
+    done: bool = False  # this process should stop (max_steps or early stop); not restored
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -140,22 +141,14 @@ class Trainer:
         if self.out.exists() and (self.out / "checkpoint").exists() and not self.resume:
             raise ConfigError(f"{self.out} already holds a checkpoint; pass --resume to continue "
                               "it, or choose another --out")
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(
-                {"run": {"model": self.model_name, "dataset": str(self.data)}, **cfg.to_dict()}, sort_keys=False))
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        t0 = time.perf_counter()
-        self.split = load_split(self.data, cfg)
-        self.timings["load_data_s"] = time.perf_counter() - t0
-        self.windows = self.split.train_windows(cfg.data.max_history)
-        torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg, self.model_name, self.split).to(self.device)
-        if isinstance(self.model, HLLM) and self.model.item_llm.frozen:
-            t0 = time.perf_counter()
-            load_or_compute_item_cache(self.model, cfg, self.device, self.dist, self.progress)
-            self.timings["item_cache_s"] = time.perf_counter() - t0
+        self._build_model()
+        if self.dist.is_main:  # written once data and model are known to be good
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(
+                {"run": {"model": self.model_name, "dataset": str(self.data)}, **cfg.to_dict()},
+                sort_keys=False))
         self.ddp = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if self.dist.enabled else self.model)
         decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -176,6 +169,19 @@ class Trainer:
                  "%d steps/epoch on %s x%d", self.model_name, self.split.num_users,
                  self.split.num_items, len(self.windows), n_params / 1e6, n_train / 1e6,
                  self.steps_per_epoch, self.device, self.dist.world_size)
+
+    def _build_model(self) -> None:
+        """Data, split and model (with the frozen Item LLM's cached embeddings)."""
+        t0 = time.perf_counter()
+        self.split = load_split(self.data, self.cfg)
+        self.timings["load_data_s"] = time.perf_counter() - t0
+        self.windows = self.split.train_windows(self.cfg.data.max_history)
+        torch.manual_seed(self.cfg.train.seed)
+        self.model = build_model(self.cfg, self.model_name, self.split).to(self.device)
+        if isinstance(self.model, HLLM) and self.model.item_llm.frozen:
+            t0 = time.perf_counter()
+            load_or_compute_item_cache(self.model, self.cfg, self.device, self.dist, self.progress)
+            self.timings["item_cache_s"] = time.perf_counter() - t0
 
     def _steps_per_epoch(self) -> int:
         per_rank = len(self.windows) // self.dist.world_size
@@ -213,7 +219,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         t_start = time.perf_counter()
-        while not st.done and st.epoch < cfg.train.epochs:
+        while not st.done and not st.stopped_early and st.epoch < cfg.train.epochs:
             self._train_epoch()
             if st.done:
                 break
@@ -296,7 +302,7 @@ class Trainer:
             st.bad_epochs += 1
             if st.bad_epochs >= cfg.train.patience:
                 log.info("early stop: no validation NDCG@10 gain for %d epochs", st.bad_epochs)
-                st.done = True
+                st.stopped_early = True
         st.epoch += 1
         st.step_in_epoch = 0
         self._save_checkpoint()
@@ -420,20 +426,20 @@ def evaluate_run(run_dir: str | Path, data: str | None = None,
                  progress: bool | None = None) -> dict[str, Any]:
     """Rebuild a run's model from its config.yaml and best weights, and score it again."""
     run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml; pass a run directory written by `hllm train`")
+    if not (run_dir / "best" / "model.safetensors").is_file():
+        raise ConfigError(f"{run_dir}: no best/model.safetensors; the run has not finished an epoch")
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     run = saved.pop("run")
-    model_name, saved_data = run["model"], run["dataset"]
     cfg = config_from_dict(saved)
-    trainer = Trainer(cfg, model_name, data or saved_data, run_dir, resume=True, progress=progress)
-    trainer.cfg = cfg
-    split = load_split(trainer.data, cfg)
-    trainer.split = split
-    torch.manual_seed(cfg.train.seed)
-    trainer.model = build_model(cfg, model_name, split).to(trainer.device)
-    if isinstance(trainer.model, HLLM) and trainer.model.item_llm.frozen:
-        load_or_compute_item_cache(trainer.model, cfg, trainer.device, trainer.dist, trainer.progress)
-    previous = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    trainer = Trainer(cfg, run["model"], data or run["dataset"], run_dir, resume=True,
+                      progress=progress)
+    trainer._build_model()
+    metrics_path = run_dir / "metrics.json"
+    previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     trainer.state = TrainState(best_epoch=previous.get("best_epoch", -1),
                                epoch=previous.get("epochs_run", 0),
                                history=previous.get("history", []))
+    trainer.timings = previous.get("timings", {})
     return trainer.finish()

