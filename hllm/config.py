@@ -51,6 +51,7 @@ class ItemLLMConfig:
     packed: bool = True  # packed variable-length batches; False = padded (for comparison)
     pack_len: int = 512  # tokens per packed row (bounds the dense mask on sdpa/eager)
     gradient_checkpointing: bool = False
+    standardize: bool = True  # frozen only: centre/scale cached embeddings per dimension
     trust_remote_code: bool = False
 
 
@@ -62,6 +63,7 @@ class UserLLMConfig:
     init: str = "random"  # random (from arch) | pretrained (from path)
     arch: dict[str, Any] = field(default_factory=dict)
     item_proj: str = "auto"  # auto: linear when widths differ or the Item LLM is frozen; linear | mlp | none
+    input_dropout: float = 0.0  # dropout on the item vectors the User LLM reads
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 

@@ -41,11 +41,11 @@ def load_or_compute_item_cache(model: HLLM, cfg: Config, device: torch.device, d
     if not path.exists() and dist.is_main:
         log.info("embedding %d items with the frozen Item LLM (cached at %s)",
                  len(model.item_tokens), path)
-        model.cache_item_embeddings(device, progress=progress)
+        raw = model.embed_all_items(device, progress=progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file({"embeddings": model.item_cache.cpu().contiguous()}, str(tmp))
+        save_file({"embeddings": raw.cpu().contiguous()}, str(tmp))
         tmp.replace(path)
     barrier()
-    model.item_cache = load_file(str(path))["embeddings"].to(device)
+    model.set_item_cache(load_file(str(path))["embeddings"].to(device))
     log.info("item embeddings loaded from cache %s", path.name)

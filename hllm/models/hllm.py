@@ -42,13 +42,27 @@ class HLLM(SequentialRecommender):
                 nn.Linear(d_item, 2 * d_user), nn.GELU(), nn.Linear(2 * d_user, d_user))
         else:
             self.item_proj = nn.Linear(d_item, d_user) if want_proj else nn.Identity()
-        # Filled by `cache_item_embeddings` when the Item LLM is frozen; not a parameter.
+        self.input_dropout = nn.Dropout(cfg.user_llm.input_dropout)
+        self.standardize = cfg.item_llm.standardize
+        # Filled by `set_item_cache` when the Item LLM is frozen; not a parameter.
         self.register_buffer("item_cache", torch.empty(0), persistent=False)
 
-    def cache_item_embeddings(self, device: torch.device, progress: bool = True) -> None:
-        """Embed every item once with the frozen Item LLM (the HLLM embedding cache)."""
-        self.item_cache = self.item_llm.encode_all(self.item_tokens, device=device,
-                                                   progress=progress).to(device)
+    def embed_all_items(self, device: torch.device, progress: bool = True) -> torch.Tensor:
+        """(num_items + 1, D_item) raw Item LLM embeddings of every item, no grad."""
+        return self.item_llm.encode_all(self.item_tokens, device=device, progress=progress)
+
+    def set_item_cache(self, raw: torch.Tensor) -> None:
+        """Use a table of frozen embeddings (the HLLM embedding cache) instead of the Item LLM.
+
+        LLM hidden states are strongly anisotropic (on ml-100k, SmolLM2's mean-pooled item
+        vectors have a mean pairwise cosine of 0.987): a few huge dimensions dominate. With
+        `item_llm.standardize`, each dimension is centred and scaled over all items, so the
+        trainable projection sees what distinguishes items rather than what they share.
+        """
+        if self.standardize:
+            items = raw[1:]
+            raw = (raw - items.mean(0)) / (items.std(0) + 1e-6)
+        self.item_cache = raw
 
     def raw_item_embeddings(self, item_ids: torch.Tensor) -> torch.Tensor:
         if self.item_cache.numel():
@@ -63,7 +77,8 @@ class HLLM(SequentialRecommender):
         return self.item_proj(self.raw_item_embeddings(item_ids))
 
     def user_states(self, item_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.user_llm(item_vecs, mask)
+        # Dropout on the sequence input only (as SASRec does), never on the targets.
+        return self.user_llm(self.input_dropout(item_vecs), mask)
 
     @torch.no_grad()
     def all_item_vectors(self, num_items: int, device: torch.device) -> torch.Tensor:
