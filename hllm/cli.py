@@ -54,12 +54,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise HLLMError(f"{path}: no metrics.json (train or evaluate the run first)")
         rows.append((run, json.loads(path.read_text())))
     print(markdown_table(rows))
+    print(bootstrap_lines(rows))
     return 0
+
+
+def bootstrap_lines(rows: list[tuple[str, dict]], metric: str = "ndcg@10") -> str:
+    """Paired bootstrap (95%) of the first run minus each other run, on the same split."""
+    import numpy as np
+
+    from hllm.evaluate import paired_bootstrap
+
+    first, first_m = rows[0]
+    lines = []
+    for run, m in rows[1:]:
+        if m.get("split_sha256") != first_m.get("split_sha256"):
+            lines.append(f"{first} vs {run}: different splits, no paired comparison")
+            continue
+        try:
+            a = np.load(Path(first) / "test_ranks.npy")
+            b = np.load(Path(run) / "test_ranks.npy")
+        except OSError:
+            continue
+        r = paired_bootstrap(a, b, metric)
+        lines.append(f"{first} - {run}: {metric} {r['diff']:+.4f} "
+                     f"(95% paired bootstrap over users: {r['low']:+.4f} .. {r['high']:+.4f})")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[tuple[str, dict]]) -> str:
     keys = ["recall@10", "ndcg@10", "recall@50", "ndcg@50", "recall@200", "ndcg@200", "mrr"]
-    lines = ["| run | model | " + " | ".join(keys) + " | train s |",
+    lines = ["| run | model | " + " | ".join(keys) + " | run s |",
              "|---|---|" + "---|" * (len(keys) + 1)]
     for run, m in rows:
         t = m.get("timings", {})

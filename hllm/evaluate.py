@@ -96,3 +96,34 @@ def user_ranks(model: SequentialRecommender, split: SplitData, stage: str, *, ma
     bar.close()
     model.train(was_training)
     return ranks
+
+
+def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Each user's contribution to `metric` ("ndcg@10", "recall@50", "mrr")."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if metric == "mrr":
+        return 1.0 / ranks
+    name, _, k = metric.partition("@")
+    hit = ranks <= int(k)
+    if name == "recall":
+        return hit.astype(np.float64)
+    if name == "ndcg":
+        return np.where(hit, 1.0 / np.log2(ranks + 1), 0.0)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def paired_bootstrap(ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str = "ndcg@10",
+                     samples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Difference a - b of a metric over the same users, with a paired bootstrap interval.
+
+    Users are resampled with replacement and both models are scored on the same resample,
+    so the interval reflects how much the difference depends on which users were drawn.
+    """
+    a, b = per_user_metric(ranks_a, metric), per_user_metric(ranks_b, metric)
+    if a.shape != b.shape:
+        raise ValueError("rank arrays differ in length: not the same evaluation users")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(samples, len(a)))
+    diffs = (a[idx] - b[idx]).mean(1)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return {"diff": float(a.mean() - b.mean()), "low": float(lo), "high": float(hi)}

@@ -67,3 +67,17 @@ def test_infonce_masks_negatives_identical_to_the_positive():
     assert stats["negatives"] == 2
     unmasked, _ = infonce(user, pos, neg, scale, threshold=1.01)
     assert unmasked.item() > masked.item()
+
+
+def test_paired_bootstrap():
+    import numpy as np
+
+    from hllm.evaluate import paired_bootstrap
+
+    ranks = np.array([1, 2, 5, 40, 300] * 40, dtype=float)
+    same = paired_bootstrap(ranks, ranks)
+    assert same == {"diff": 0.0, "low": 0.0, "high": 0.0}
+    # b misses every target a ranks first: a is better on every resample
+    worse = np.where(ranks == 1, 500.0, ranks)
+    r = paired_bootstrap(ranks, worse, "recall@10")
+    assert r["diff"] == pytest.approx(0.2) and 0 < r["low"] <= r["diff"] <= r["high"]
