@@ -69,3 +69,15 @@ def test_prompt_longer_than_budget_is_refused():
     model = ItemLLM(tiny(prompt="x" * 60, max_text_len=48))
     with pytest.raises(ConfigError, match="max_text_len=48 leaves no room"):
         model.tokenize(TEXTS)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = ItemLLM(tiny(gradient_checkpointing=checkpointing)).train()
+        assert model.backbone.is_gradient_checkpointing == checkpointing
+        tokens = model.tokenize(TEXTS)
+        model(model.make_batch(tokens)).pow(2).sum().backward()
+        grads.append(model.backbone.layers[0].mlp.up_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])

@@ -107,3 +107,12 @@ def test_ddp_two_gloo_processes_match_one_process(toy_data, tmp_path):
     ddp_m = json.loads((ddp / "metrics.json").read_text())
     assert ddp_m["world_size"] == 2
     assert ddp_m["ndcg@10"] == pytest.approx(single_m["ndcg@10"], abs=1e-6)
+
+
+def test_bf16_autocast_and_grad_accumulation_run(toy_data, tmp_path):
+    """The GPU path's settings (bf16 autocast, accumulation) also run on CPU."""
+    cfg = tiny_cfg(**{"train.precision": "bf16", "train.grad_accum": 2, "train.batch_size": 4,
+                      "train.epochs": 1})
+    result = train(cfg, "hllm", str(toy_data), tmp_path / "bf16", progress=False)
+    assert 0.0 < result["recall@200"] <= 1.0
+    assert all(math.isfinite(r["train_loss"]) for r in result["history"])

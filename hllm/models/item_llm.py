@@ -20,7 +20,7 @@ from hllm.config import ItemLLMConfig
 from hllm.data.item_text import (ByteTokenizer, HFTokenizer, ItemBatch, packed_batch,
                                  padded_batch, token_budget_chunks, tokenize_items)
 from hllm.errors import ConfigError
-from hllm.models.pretrained import load_backbone, resolve_model_dir
+from hllm.models.pretrained import enable_checkpointing, load_backbone, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ class ItemLLM(nn.Module):
         self.item_token = (nn.Parameter(torch.randn(1, self.hidden_size) * 0.02)
                            if cfg.pooling == "item_token" else None)
         if cfg.gradient_checkpointing:
-            self.backbone.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(self.backbone)
         self._set_trainable(cfg.trainable, cfg.top_k_layers)
 
     # ------------------------------------------------------------ setup

@@ -103,3 +103,12 @@ def load_backbone(path: str | None, init: str, arch: dict[str, Any], *,
     return AutoModel.from_pretrained(directory, dtype=torch.float32,
                                      attn_implementation=attn_implementation,
                                      trust_remote_code=trust_remote_code)
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute activations in backward (transformers' API name changed in 5.x)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

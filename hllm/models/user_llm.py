@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from hllm.config import UserLLMConfig
-from hllm.models.pretrained import load_backbone
+from hllm.models.pretrained import enable_checkpointing, load_backbone
 
 
 class UserLLM(nn.Module):
@@ -19,8 +19,7 @@ class UserLLM(nn.Module):
         # the optimizer skips it and DDP does not wait for a gradient that never comes.
         self.backbone.get_input_embeddings().requires_grad_(False)
         if cfg.gradient_checkpointing:
-            self.backbone.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(self.backbone)
 
     def forward(self, item_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L, D) right-padded item vectors -> (B, L, D); position t predicts item t+1.
