@@ -76,7 +76,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = ItemLLM(tiny(gradient_checkpointing=checkpointing)).train()
-        assert model.backbone.is_gradient_checkpointing == checkpointing
+        assert model.backbone.is_activation_checkpointing == checkpointing
         tokens = model.tokenize(TEXTS)
         model(model.make_batch(tokens)).pow(2).sum().backward()
         grads.append(model.backbone.layers[0].mlp.up_proj.weight.grad.clone())
