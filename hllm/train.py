@@ -66,6 +66,7 @@ class TrainState:
     best_ndcg10: float = -1.0
     best_epoch: int = -1
     bad_epochs: int = 0
+    epoch_loss_sum: float = 0.0  # over the optimizer steps of `epoch` done so far
     stopped_early: bool = False  # patience ran out: a resumed run does not train further
     done: bool = False  # this process should stop (max_steps or early stop); not restored
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -236,10 +237,9 @@ class Trainer:
         bar = tqdm(total=len(groups), initial=st.step_in_epoch, disable=not self.progress,
                    desc=f"epoch {st.epoch + 1}/{cfg.train.epochs}", unit="step", mininterval=1.0)
         t0, seen = time.perf_counter(), 0
-        losses = []
         for group in groups[st.step_in_epoch:]:
             loss, stats = self._optimizer_step(group, st.global_step)
-            losses.append(loss)
+            st.epoch_loss_sum += loss
             st.step_in_epoch += 1
             st.global_step += 1
             seen += sum(len(b) for b in group) * self.dist.world_size
@@ -256,7 +256,6 @@ class Trainer:
                 log.info("stopped at max_steps=%d (resume with --resume)", cfg.train.max_steps)
                 break
         bar.close()
-        self._epoch_loss = float(np.mean(losses)) if losses else float("nan")
 
     def _optimizer_step(self, group: list[list[int]], step: int) -> tuple[float, dict[str, float]]:
         cfg = self.cfg
@@ -288,12 +287,13 @@ class Trainer:
     def _end_of_epoch(self) -> None:
         cfg, st = self.cfg, self.state
         metrics = self.evaluate("valid")
-        record = {"epoch": st.epoch + 1, "train_loss": self._epoch_loss,
+        epoch_loss = st.epoch_loss_sum / max(1, st.step_in_epoch)
+        record = {"epoch": st.epoch + 1, "train_loss": epoch_loss,
                   **{f"valid_{k}": v for k, v in metrics.items()}}
         st.history.append(record)
         if self.dist.is_main:
             log.info("epoch %d: loss %.4f  valid R@10 %.4f N@10 %.4f", st.epoch + 1,
-                     self._epoch_loss, metrics["recall@10"], metrics["ndcg@10"])
+                     epoch_loss, metrics["recall@10"], metrics["ndcg@10"])
             self._log_event(record)
         if metrics["ndcg@10"] > st.best_ndcg10:
             st.best_ndcg10, st.best_epoch, st.bad_epochs = metrics["ndcg@10"], st.epoch + 1, 0
@@ -305,6 +305,7 @@ class Trainer:
                 st.stopped_early = True
         st.epoch += 1
         st.step_in_epoch = 0
+        st.epoch_loss_sum = 0.0
         self._save_checkpoint()
 
     def evaluate(self, stage: str) -> dict[str, float]:

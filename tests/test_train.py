@@ -65,8 +65,11 @@ def test_resume_gives_the_same_weights(toy_data, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert json.loads((full / "metrics.json").read_text())["ndcg@10"] == \
-        json.loads((part / "metrics.json").read_text())["ndcg@10"]
+    full_m = json.loads((full / "metrics.json").read_text())
+    part_m = json.loads((part / "metrics.json").read_text())
+    assert full_m["ndcg@10"] == part_m["ndcg@10"]
+    # The per-epoch history, losses included, replays exactly across the interruption.
+    assert full_m["history"] == part_m["history"]
 
 
 def test_refuses_to_overwrite_a_run_without_resume(toy_data, tmp_path):
