@@ -47,7 +47,7 @@ class HLLM(SequentialRecommender):
         # Filled by `set_item_cache` when the Item LLM is frozen; not a parameter.
         self.register_buffer("item_cache", torch.empty(0), persistent=False)
 
-    def embed_all_items(self, device: torch.device, progress: bool = True) -> torch.Tensor:
+    def embed_all_items(self, device: torch.device, progress: bool | None = None) -> torch.Tensor:
         """(num_items + 1, D_item) raw Item LLM embeddings of every item, no grad."""
         return self.item_llm.encode_all(self.item_tokens, device=device, progress=progress)
 

@@ -10,6 +10,7 @@ with `pooling="mean"` the hidden states of the item's tokens are averaged.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Sequence
 
 import torch
@@ -130,13 +131,14 @@ class ItemLLM(nn.Module):
 
     @torch.no_grad()
     def encode_all(self, token_ids: Sequence[Sequence[int]], *, device: torch.device,
-                   packed: bool | None = None, progress: bool = True) -> torch.Tensor:
+                   packed: bool | None = None, progress: bool | None = None) -> torch.Tensor:
         """Embed every item once (no grad), in chunks of ~batch_tokens tokens: (n, hidden)."""
         was_training = self.training
         self.eval()
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
         lengths = [len(token_ids[i]) + 1 for i in order]
         out = torch.empty(len(token_ids), self.hidden_size)
+        progress = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=len(order), desc="embed items", unit="item", disable=not progress,
                    mininterval=2.0)
         for chunk in token_budget_chunks(lengths, self.cfg.batch_tokens):
