@@ -4,6 +4,7 @@
     hllm train --preset cpu-default --data ../shared/data/ml-100k --out runs/sasrec --model sasrec
     hllm evaluate --run runs/hllm
     hllm compare runs/hllm runs/sasrec
+    hllm validate --data ../shared/data/ml-100k --out runs/validation
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run, args.data)
     print(f"wrote {Path(args.run) / 'metrics.json'}  {_headline(result)}")
     return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hllm.validation import ValidationConfig, validate_dataset
+
+    cfg = ValidationConfig(min_user_interactions=args.min_user_interactions,
+                           text_coverage=args.text_coverage,
+                           scenarios=tuple(s for s in args.scenarios.split(",") if s))
+    report = validate_dataset(args.data, args.out, cfg)
+    print(report.summary(), file=sys.stdout if report.success else sys.stderr)
+    print(f"wrote {Path(args.out) / 'validation.json'} and {Path(args.out) / 'validation.html'}")
+    return 0 if report.success else 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -104,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("validate", help="check the data with Great Expectations; exit 1 on failure")
+    p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
+    p.add_argument("--out", required=True, help="directory for validation.json and validation.html")
+    p.add_argument("--min-user-interactions", type=int, default=3)
+    p.add_argument("--text-coverage", type=float, default=0.9,
+                   help="minimum share of items with a non-empty value in each text field")
+    p.add_argument("--scenarios", default="", help="comma-separated declared scenario names")
+    p.set_defaults(func=cmd_validate)
+
     p = sub.add_parser("train", help="train HLLM or SASRec and evaluate it on the test split")
     _add_config_args(p)
     p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
@@ -127,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "botocore", "transformers"):
+    for noisy in ("httpx", "urllib3", "botocore", "transformers", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
     try:
