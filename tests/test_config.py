@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hllm.config import PRESETS, load_config, parse_set
@@ -34,3 +36,9 @@ def test_all_bad_keys_reported_together():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'gpu-huge'"):
         load_config("gpu-huge")
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")))
+def test_shipped_yaml_configs_load(path):
+    cfg = load_config(None, path)
+    assert cfg.preset in PRESETS
