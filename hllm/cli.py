@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "botocore", "transformers", "great_expectations"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet = ("httpx", "urllib3", "botocore", "transformers", "great_expectations")
+    for handler in logging.getLogger().handlers:  # some libraries set their own levels
+        handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(quiet))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
     try:
         return args.func(args)
