@@ -59,6 +59,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def cmd_features_build(args: argparse.Namespace) -> int:
+    from hllm.features import build_features
+
+    result = build_features(args.data, args.run, max_history=args.max_history)
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    print(f"wrote {result.repo} (applied, materialized to SQLite) in {result.seconds:.1f} s: {counts}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     rows = []
     for run in args.runs:
@@ -126,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", default="", help="comma-separated declared scenario names")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("features", help="Feast feature tables (see feature_repo/)")
+    fsub = p.add_subparsers(dest="features_command", required=True)
+    p = fsub.add_parser("build", help="write sources, feast apply, materialize to the online store")
+    p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
+    p.add_argument("--run", required=True, help="run directory; the repo goes to RUN/feature_repo")
+    p.add_argument("--max-history", type=int, default=50, help="items kept per user history row")
+    p.set_defaults(func=cmd_features_build)
+
     p = sub.add_parser("train", help="train HLLM or SASRec and evaluate it on the test split")
     _add_config_args(p)
     p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    quiet = ("httpx", "urllib3", "botocore", "transformers", "great_expectations")
+    quiet = ("httpx", "urllib3", "botocore", "transformers", "great_expectations", "feast")
     for handler in logging.getLogger().handlers:  # some libraries set their own levels
         handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(quiet))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
