@@ -60,9 +60,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_features_build(args: argparse.Namespace) -> int:
-    from hllm.features import build_features
+    from hllm.features import build_features, item_llm_embeddings
 
-    result = build_features(args.data, args.run, max_history=args.max_history)
+    ids, vectors = item_llm_embeddings(args.data, args.embed_preset) if args.embed_preset else (None, None)
+    result = build_features(args.data, args.run, max_history=args.max_history,
+                            embeddings=vectors, embedding_ids=ids)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     print(f"wrote {result.repo} (applied, materialized to SQLite) in {result.seconds:.1f} s: {counts}")
     return 0
@@ -141,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
     p.add_argument("--run", required=True, help="run directory; the repo goes to RUN/feature_repo")
     p.add_argument("--max-history", type=int, default=50, help="items kept per user history row")
+    p.add_argument("--embed-preset", help="fill item_embedding with this preset's frozen Item LLM "
+                   "(e.g. cpu-default); embeddings are cached, so this is fast after training")
     p.set_defaults(func=cmd_features_build)
 
     p = sub.add_parser("train", help="train HLLM or SASRec and evaluate it on the test split")

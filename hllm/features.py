@@ -33,6 +33,25 @@ REPO_TEMPLATE = Path(__file__).resolve().parents[1] / "feature_repo"
 REPO_FILES = ("feature_store.yaml", "features.py")
 
 
+def item_llm_embeddings(data: str, preset: str) -> tuple[list[str], np.ndarray]:
+    """Raw item ids and their frozen Item LLM embeddings (through the embedding cache)."""
+    import torch
+
+    from hllm.config import load_config, replace
+    from hllm.distributed import Dist
+    from hllm.item_cache import load_or_compute_item_cache
+    from hllm.models.hllm import HLLM
+    from hllm.train import load_split
+
+    cfg = replace(load_config(preset), {"item_llm.trainable": "frozen",
+                                        "item_llm.standardize": False})
+    split = load_split(data, cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = HLLM(cfg, split.item_text)
+    load_or_compute_item_cache(model, cfg, torch.device("cpu"), Dist())
+    return split.item_raw_ids[1:], model.item_cache[1:].numpy()
+
+
 @dataclass
 class FeatureBuild:
     repo: Path
@@ -98,7 +117,8 @@ def _apply(store, repo: Path) -> None:
 
 
 def build_features(data: str, run_dir: str | Path, max_history: int = 50,
-                   embeddings: np.ndarray | None = None) -> FeatureBuild:
+                   embeddings: np.ndarray | None = None,
+                   embedding_ids: list[str] | None = None) -> FeatureBuild:
     """Write the sources, apply the repo and materialize the online store under RUN/feature_repo."""
     os.environ.setdefault("FEAST_USAGE", "False")
     from feast import FeatureStore
@@ -112,7 +132,7 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
     first = int(raw.interactions["timestamp"].min()) - 1  # items exist before any event
     text = item_text_table(raw, first)
     text.to_parquet(repo / "data" / "item_text.parquet", index=False)
-    emb = item_embedding_table(text["item_id"].tolist(), embeddings, first)
+    emb = item_embedding_table(embedding_ids or text["item_id"].tolist(), embeddings, first)
     pq.write_table(emb, repo / "data" / "item_embedding.parquet")
     history = user_history_table(raw, max_history)
     history.to_parquet(repo / "data" / "user_history.parquet", index=False)
