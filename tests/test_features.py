@@ -53,3 +53,15 @@ def test_historical_retrieval_is_point_in_time_correct(tmp_path):
     assert got[T0 + 300] == ["1", "2", "3"]
     # Before the user's first event there is no history (the row is empty or left out).
     assert got.get(T0 + 50) is None
+
+
+def test_item_embeddings_come_from_the_item_llm(tmp_path, toy_data):
+    from hllm.features import item_llm_embeddings
+
+    ids, vectors = item_llm_embeddings(str(toy_data), "cpu-tiny")
+    assert vectors.shape == (len(ids), 32)
+    result = build_features(str(toy_data), tmp_path / "run", embeddings=vectors, embedding_ids=ids)
+    store = FeatureStore(repo_path=str(result.repo))
+    got = store.get_online_features(features=["item_embedding:embedding"],
+                                    entity_rows=[{"item_id": ids[3]}]).to_dict()
+    np.testing.assert_allclose(got["embedding"][0], vectors[3], rtol=1e-6)
