@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from hllm import storage
-from hllm.data.readers import _locate, _read_table
+from hllm.data.readers import locate_tables, read_raw_table
 from hllm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -179,12 +179,12 @@ def validate_dataset(data: str, out: str | Path | None = None,
     t0 = time.perf_counter()
     try:
         root = storage.local_path(data)
-        inter_path, item_path, fmt = _locate(root, "auto")
+        inter_path, item_path, fmt = locate_tables(root, "auto")
         files = {"interactions": str(inter_path), "items": str(item_path)}
-        inter = _blank_to_null(_read_table(inter_path, fmt))
+        inter = _blank_to_null(read_raw_table(inter_path, fmt))
         if inter.empty:
             raise DataError(f"{inter_path}: the interaction table has a header but no rows")
-        items = _blank_to_null(_read_table(item_path, fmt)) if item_path is not None else None
+        items = _blank_to_null(read_raw_table(item_path, fmt)) if item_path is not None else None
     except DataError as exc:
         # Unreadable input is a failed validation too: report it the same way.
         check = Check("input", "file_is_readable", "", False, str(exc))

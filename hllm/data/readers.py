@@ -39,9 +39,9 @@ class RawData:
 def read_dataset(uri: str, fmt: str = "auto") -> RawData:
     """Read interactions + items from `uri` (a directory, a file, or an s3:// prefix)."""
     root = storage.local_path(uri)
-    inter_path, item_path, fmt = _locate(root, fmt)
-    inter = _read_table(inter_path, fmt)
-    items = _read_table(item_path, fmt) if item_path is not None else None
+    inter_path, item_path, fmt = locate_tables(root, fmt)
+    inter = read_raw_table(inter_path, fmt)
+    items = read_raw_table(item_path, fmt) if item_path is not None else None
     inter = _check_interactions(inter, inter_path)
     if items is None:
         log.warning("%s: no item table found; every item gets an empty text", root)
@@ -50,7 +50,7 @@ def read_dataset(uri: str, fmt: str = "auto") -> RawData:
     return RawData(inter, items, {"interactions": str(inter_path), "items": str(item_path)})
 
 
-def _locate(root: Path, fmt: str) -> tuple[Path, Path | None, str]:
+def locate_tables(root: Path, fmt: str) -> tuple[Path, Path | None, str]:
     if fmt not in ("auto", "recbole", "csv", "parquet"):
         raise DataError(f"unknown data format {fmt!r} (auto | recbole | csv | parquet)")
     if root.is_file():
@@ -82,7 +82,7 @@ def _locate(root: Path, fmt: str) -> tuple[Path, Path | None, str]:
         "(+ information/<name>.csv).")
 
 
-def _read_table(path: Path, fmt: str) -> pd.DataFrame:
+def read_raw_table(path: Path, fmt: str) -> pd.DataFrame:
     """Read one table with every column as text; typing happens in the checks below."""
     try:
         if path.suffix == ".parquet":
