@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from hllm.data.item_text import item_prompt
 from hllm.data.readers import RawData, read_dataset
+from hllm.data.split import time_ordered
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,7 @@ def item_embedding_table(item_ids: list[str], embeddings: np.ndarray | None, as_
 
 def user_history_table(raw: RawData, max_len: int) -> pd.DataFrame:
     """One row per event: the user's last `max_len` items up to and including that event."""
-    inter = raw.interactions[["user_id", "item_id", "timestamp"]].copy()
-    inter["_row"] = np.arange(len(inter))
-    inter = inter.sort_values(["user_id", "timestamp", "_row"], kind="stable")
+    inter = time_ordered(raw.interactions[["user_id", "item_id", "timestamp"]])
     rows = []
     for user, group in inter.groupby("user_id", sort=False):
         items, stamps = group["item_id"].astype(str).tolist(), group["timestamp"].tolist()

@@ -354,30 +354,29 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
 
     def _save_weights(self, directory: Path) -> None:
+        self._write_atomically(directory, with_trainer_state=False)
+
+    def _save_checkpoint(self) -> None:
+        """model.safetensors + optimizer/scheduler/RNG (trainer.pt) + state.json, atomically."""
+        self._write_atomically(self.out / "checkpoint", with_trainer_state=True)
+        barrier()
+
+    def _write_atomically(self, directory: Path, with_trainer_state: bool) -> None:
+        """Write into DIR.tmp, then swap it in: a crash never leaves a half-written DIR."""
         if not self.dist.is_main:
             return
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(saved_state_dict(self.model, self.cfg), str(tmp / "model.safetensors"))
-        _swap(tmp, directory)
-
-    def _save_checkpoint(self) -> None:
-        """model.safetensors + optimizer/scheduler/RNG (trainer.pt) + state.json, atomically."""
-        if self.dist.is_main:
-            directory = self.out / "checkpoint"
-            tmp = directory.with_name("checkpoint.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_file(saved_state_dict(self.model, self.cfg), str(tmp / "model.safetensors"))
+        if with_trainer_state:
             torch.save({"optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                        tmp / "trainer.pt")
             write_json(tmp / "state.json", self.state.__dict__)
-            _swap(tmp, directory)
-        barrier()
+        _swap(tmp, directory)
 
     def _load_checkpoint(self, directory: Path) -> None:
         load_weights(self.model, directory / "model.safetensors")

@@ -78,7 +78,6 @@ class SplitData:
 
 def build_split(raw: RawData, cfg: DataConfig) -> SplitData:
     inter = raw.interactions[["user_id", "item_id", "timestamp"]].copy()
-    inter["_row"] = np.arange(len(inter))
     if cfg.dedupe:
         before = len(inter)
         inter = inter.drop_duplicates(["user_id", "item_id", "timestamp"], keep="first")
@@ -97,7 +96,7 @@ def build_split(raw: RawData, cfg: DataConfig) -> SplitData:
         raise DataError(f"{raw.files.get('interactions')}: no user has at least "
                         f"{cfg.min_user_interactions} interactions after filtering "
                         f"(k_core={cfg.k_core}); nothing to train or evaluate on")
-    inter = inter.sort_values(["user_id", "timestamp", "_row"], kind="stable")
+    inter = time_ordered(inter)
 
     item_raw = sorted(pd.unique(inter["item_id"]), key=_natural_key)
     item_index = {raw_id: i + 1 for i, raw_id in enumerate(item_raw)}
@@ -130,6 +129,13 @@ def build_split(raw: RawData, cfg: DataConfig) -> SplitData:
         log.warning("%d item(s) in the interactions have no row in the item table; "
                     "they are encoded from an empty text", missing)
     return SplitData(["", *map(str, item_raw)], users, sequences, texts, tuple(fields))
+
+
+def time_ordered(inter: pd.DataFrame) -> pd.DataFrame:
+    """Events grouped by user, by timestamp, ties kept in file order (explicit tie-break)."""
+    rows = np.arange(len(inter))
+    return (inter.assign(_row=rows).sort_values(["user_id", "timestamp", "_row"])
+            .drop(columns="_row"))
 
 
 def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
