@@ -19,11 +19,13 @@ item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING,
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,
               description="end user")
 
-# Item text as the Item LLM reads it (prompt fields rendered as `field: value`).
+# Item text as the Item LLM reads it (prompt fields rendered as `field: value`);
+# cold-start items arrive through the push source, together with their embedding.
 item_text_source = FileSource(name="item_text_source", path="data/item_text.parquet",
                               timestamp_field="event_timestamp")
+item_text_push = PushSource(name="item_text_push", batch_source=item_text_source)
 item_text = FeatureView(
-    name="item_text", entities=[item], ttl=timedelta(0), online=True, source=item_text_source,
+    name="item_text", entities=[item], ttl=timedelta(0), online=True, source=item_text_push,
     schema=[Field(name="text", dtype=String, description="rendered item text")])
 
 # One vector per item from the Item LLM; cold-start items arrive through the push source.

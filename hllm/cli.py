@@ -60,13 +60,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_features_build(args: argparse.Namespace) -> int:
-    from hllm.features import build_features, item_llm_embeddings
+    from hllm.features import build_features
 
-    ids, vectors = item_llm_embeddings(args.data, args.embed_preset) if args.embed_preset else (None, None)
     result = build_features(args.data, args.run, max_history=args.max_history,
-                            embeddings=vectors, embedding_ids=ids)
+                            embed_preset=args.embed_preset)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     print(f"wrote {result.repo} (applied, materialized to SQLite) in {result.seconds:.1f} s: {counts}")
+    return 0
+
+
+def cmd_features_add_items(args: argparse.Namespace) -> int:
+    from hllm.features import add_items
+
+    result = add_items(args.items, args.run, embed_preset=args.embed_preset, model_run=args.model_run)
+    print(f"pushed {len(result.item_ids)} item(s) ({result.embedding_dim}-d embeddings) online and "
+          f"offline in {result.seconds:.1f} s: {', '.join(result.item_ids[:10])}"
+          + (" ..." if len(result.item_ids) > 10 else ""))
     return 0
 
 
@@ -146,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-preset", help="fill item_embedding with this preset's frozen Item LLM "
                    "(e.g. cpu-default); embeddings are cached, so this is fast after training")
     p.set_defaults(func=cmd_features_build)
+    p = fsub.add_parser("add-items", help="embed new items and push them (servable at once)")
+    p.add_argument("items", help="item table: .item (RecBole), .csv or .parquet with item_id + text")
+    p.add_argument("--run", required=True, help="run directory holding feature_repo/")
+    p.add_argument("--embed-preset", help="Item LLM preset (default: the one the repo was built with)")
+    p.add_argument("--model-run", help="use the Item LLM of this trained HLLM run instead")
+    p.set_defaults(func=cmd_features_add_items)
 
     p = sub.add_parser("train", help="train HLLM or SASRec and evaluate it on the test split")
     _add_config_args(p)

@@ -1,16 +1,20 @@
 """Feature tables for the Feast repo in feature_repo/: write, apply, materialize, read.
 
-    hllm features build --data ../shared/data/ml-100k --run runs/features
+    hllm features build --data ../shared/data/ml-100k --run runs/features --embed-preset cpu-default
+    hllm features add-items new_items.csv --run runs/features
 
-`build_features` copies the repo definitions into RUN/feature_repo, writes the Parquet
-sources there (item text, item embeddings when given, and each user's history as of
-every event), runs `feast apply` and materializes everything to the SQLite online store.
-Training reads user histories through point-in-time-correct historical retrieval;
-serving reads the online store.
+`build_features` validates the data first (bad data never reaches the online store),
+then, in a staging directory, copies the repo definitions, writes the Parquet sources
+(item text, item embeddings, each user's history as of every event), runs `feast apply`
+and materializes to the SQLite online store; only a complete build replaces
+RUN/feature_repo. `add_items` embeds cold-start items with the same Item LLM and pushes
+them, online and offline. Training reads user histories through point-in-time-correct
+historical retrieval (`user_histories_as_of`); serving reads the online store.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -24,14 +28,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hllm.atomic import swap_dir
 from hllm.data.item_text import item_prompt
-from hllm.data.readers import RawData, read_dataset
+from hllm.data.readers import RawData, read_dataset, read_item_table
 from hllm.data.split import time_ordered
+from hllm.errors import ConfigError, DataError
+from hllm.validation import ValidationConfig, validate_dataset
 
 log = logging.getLogger(__name__)
 
 REPO_TEMPLATE = Path(__file__).resolve().parents[1] / "feature_repo"
 REPO_FILES = ("feature_store.yaml", "features.py")
+MANIFEST = "hllm_features.json"  # what the repo was built from, and with which Item LLM
 
 
 def item_llm_embeddings(data: str, preset: str) -> tuple[list[str], np.ndarray]:
@@ -57,6 +65,13 @@ def item_llm_embeddings(data: str, preset: str) -> tuple[list[str], np.ndarray]:
 class FeatureBuild:
     repo: Path
     counts: dict[str, int]
+    seconds: float
+
+
+@dataclass
+class AddedItems:
+    item_ids: list[str]
+    embedding_dim: int
     seconds: float
 
 
@@ -116,21 +131,60 @@ def _apply(store, repo: Path) -> None:
 
 
 def build_features(data: str, run_dir: str | Path, max_history: int = 50,
+                   embed_preset: str | None = None,
                    embeddings: np.ndarray | None = None,
-                   embedding_ids: list[str] | None = None) -> FeatureBuild:
-    """Write the sources, apply the repo and materialize the online store under RUN/feature_repo."""
+                   embedding_ids: list[str] | None = None,
+                   validation: ValidationConfig | None = ValidationConfig()) -> FeatureBuild:
+    """Validate `data`, then build RUN/feature_repo aside and swap it in.
+
+    Nothing is written unless the data passed validation, and the previous repo (its
+    offline files and online store) stays in place until the new one is complete: a
+    failure part-way leaves the features that were being served. Re-running on the same
+    data writes the same tables and online values.
+    """
     os.environ.setdefault("FEAST_USAGE", "False")
+    t0 = time.perf_counter()
+    if validation is not None:
+        report = validate_dataset(data, cfg=validation)
+        if not report.success:
+            raise DataError(f"features not built (nothing written): {report.summary()}")
+    raw = read_dataset(data)
+    if embed_preset is not None:
+        embedding_ids, embeddings = item_llm_embeddings(data, embed_preset)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staged = run_dir / ".feature_repo.staged"
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        counts = _write_repo(raw, staged, max_history, embeddings, embedding_ids)
+        manifest = {"data": str(data), "files": raw.files, "max_history": max_history,
+                    "embedding": {"preset": embed_preset} if embed_preset else None,
+                    "embedding_dim": int(embeddings.shape[1]) if embeddings is not None else 0,
+                    "counts": counts}
+        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        final = run_dir / "feature_repo"
+        swap_dir(staged, final)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    log.info("features built in %.1f s: %s", seconds, counts)
+    return FeatureBuild(final, counts, seconds)
+
+
+def _write_repo(raw: RawData, repo: Path, max_history: int, embeddings: np.ndarray | None,
+                embedding_ids: list[str] | None) -> dict[str, int]:
+    """Copy the definitions, write the Parquet sources, apply, materialize; return row counts."""
     from feast import FeatureStore
 
-    t0 = time.perf_counter()
-    raw = read_dataset(data)
-    repo = Path(run_dir) / "feature_repo"
-    (repo / "data").mkdir(parents=True, exist_ok=True)
+    (repo / "data").mkdir(parents=True)
     for name in REPO_FILES:
         shutil.copy(REPO_TEMPLATE / name, repo / name)
     first = int(raw.interactions["timestamp"].min()) - 1  # items exist before any event
     text = item_text_table(raw, first)
     text.to_parquet(repo / "data" / "item_text.parquet", index=False)
+    if embeddings is not None and len(embedding_ids or text["item_id"]) != len(embeddings):
+        raise DataError(f"{len(embeddings)} item embeddings for "
+                        f"{len(embedding_ids or text['item_id'])} item ids")
     emb = item_embedding_table(embedding_ids or text["item_id"].tolist(), embeddings, first)
     pq.write_table(emb, repo / "data" / "item_embedding.parquet")
     history = user_history_table(raw, max_history)
@@ -140,8 +194,107 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
     end = datetime.fromtimestamp(int(raw.interactions["timestamp"].max()) + 1, tz=timezone.utc)
     store.materialize(start_date=datetime.fromtimestamp(first - 1, tz=timezone.utc) - timedelta(days=1),
                       end_date=end)
-    counts = {"item_text": len(text), "item_embedding": emb.num_rows, "user_history": len(history),
-              "users": int(history["user_id"].nunique())}
+    return {"item_text": len(text), "item_embedding": emb.num_rows, "user_history": len(history),
+            "users": int(history["user_id"].nunique())}
+
+
+def feature_repo_dir(path: str | Path) -> Path:
+    """Accept RUN or RUN/feature_repo; fail clearly when no built repo is there."""
+    path = Path(path)
+    repo = path if (path / "feature_store.yaml").is_file() else path / "feature_repo"
+    if not (repo / MANIFEST).is_file():
+        raise ConfigError(f"{path}: no feature repo built by `hllm features build` "
+                          f"(looked for {repo / MANIFEST})")
+    return repo
+
+
+def load_item_llm(preset: str | None = None, model_run: str | Path | None = None):
+    """The Item LLM of a preset (frozen/pretrained) or of a trained run (its best weights)."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from hllm.config import config_from_dict, load_config
+    from hllm.models.item_llm import ItemLLM
+
+    if model_run is not None:
+        run = Path(model_run)
+        weights = run / "best" / "model.safetensors"
+        if not (run / "config.yaml").is_file() or not weights.is_file():
+            raise ConfigError(f"{run}: not a finished HLLM run (needs config.yaml and {weights.name})")
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        if saved.pop("run", {}).get("model") != "hllm":
+            raise ConfigError(f"{run}: not an HLLM run; only HLLM has an Item LLM")
+        cfg = config_from_dict(saved)
+    elif preset is not None:
+        cfg = load_config(preset)
+    else:
+        raise ConfigError("name the Item LLM: a preset (--embed-preset) or a trained run (--model-run)")
+    torch.manual_seed(cfg.train.seed)  # the same random init as the HLLM built from this config
+    model = ItemLLM(cfg.item_llm)
+    if model_run is not None:
+        state = {k.removeprefix("item_llm."): v for k, v in load_file(str(weights)).items()
+                 if k.startswith("item_llm.")}
+        _, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ConfigError(f"{weights}: Item LLM weights do not match ({unexpected[:3]})")
+    return model.eval()
+
+
+def add_items(items_file: str, repo: str | Path, embed_preset: str | None = None,
+              model_run: str | Path | None = None) -> AddedItems:
+    """Cold start: embed new items' text and push text + embedding, servable at once.
+
+    The Item LLM defaults to the one the repo was built with, so new vectors live in the
+    same space as the catalogue's. Everything is computed before the first push.
+    """
+    os.environ.setdefault("FEAST_USAGE", "False")
+    import torch
+    from feast import FeatureStore
+    from feast.data_source import PushMode
+
+    t0 = time.perf_counter()
+    repo = feature_repo_dir(repo)
+    manifest = json.loads((repo / MANIFEST).read_text())
+    items = read_item_table(items_file)
+    fields = [c for c in items.columns if c != "item_id"]
+    blank = items[fields].apply(lambda col: col.str.strip() == "").all(axis=1) if fields else None
+    if not fields or blank.any():
+        row = int(blank.to_numpy().nonzero()[0][0]) + 1 if fields else 1
+        raise DataError(f"{items_file}: data row {row} has no text in any of "
+                        f"{fields or 'its columns'}; the Item LLM needs text to embed")
+    if embed_preset is None and model_run is None:
+        embed_preset = (manifest.get("embedding") or {}).get("preset")
+    item_llm = load_item_llm(embed_preset, model_run)
+    texts = [{f: str(row[f]) for f in fields} for _, row in items.iterrows()]
+    vectors = item_llm.encode_all(item_llm.tokenize(texts), device=torch.device("cpu")).numpy()
+    dim = manifest.get("embedding_dim") or 0
+    if dim and vectors.shape[1] != dim:
+        raise ConfigError(f"the Item LLM gives {vectors.shape[1]}-d vectors but {repo} holds "
+                          f"{dim}-d embeddings; use the Item LLM the repo was built with")
+    now = int(time.time())
+    ids = items["item_id"].astype(str).tolist()
+    text = pd.DataFrame({"item_id": ids,
+                         "text": [item_prompt(t, prompt="") for t in texts],
+                         "event_timestamp": _ts(np.full(len(ids), now))})
+    emb = item_embedding_table(ids, vectors, now).to_pandas()
+    store = FeatureStore(repo_path=str(repo))
+    store.push("item_text_push", text, to=PushMode.ONLINE_AND_OFFLINE)
+    store.push("item_embedding_push", emb, to=PushMode.ONLINE_AND_OFFLINE)
     seconds = time.perf_counter() - t0
-    log.info("features built in %.1f s: %s", seconds, counts)
-    return FeatureBuild(repo, counts, seconds)
+    log.info("pushed %d new items in %.1f s", len(ids), seconds)
+    return AddedItems(ids, int(vectors.shape[1]), seconds)
+
+
+def user_histories_as_of(repo: str | Path, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Training-side read: each (user_id, event_timestamp) row joined with the history known then.
+
+    Point-in-time correct: an event after a row's timestamp never appears in its history.
+    """
+    os.environ.setdefault("FEAST_USAGE", "False")
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(feature_repo_dir(repo)))
+    return store.get_historical_features(
+        entity_df=entity_df, features=[f"user_history:{f}" for f in ("item_ids", "timestamps", "length")],
+    ).to_df()

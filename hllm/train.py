@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from hllm.atomic import swap_dir
 from hllm.config import Config, config_from_dict
 from hllm.data.readers import read_dataset
 from hllm.data.split import SplitData, build_split
@@ -376,7 +377,7 @@ class Trainer:
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                        tmp / "trainer.pt")
             write_json(tmp / "state.json", self.state.__dict__)
-        _swap(tmp, directory)
+        swap_dir(tmp, directory)
 
     def _load_checkpoint(self, directory: Path) -> None:
         load_weights(self.model, directory / "model.safetensors")
@@ -390,15 +391,6 @@ class Trainer:
         self.state.done = False
         log.info("resumed from %s at epoch %d, step %d", directory, self.state.epoch,
                  self.state.global_step)
-
-
-def _swap(tmp: Path, final: Path) -> None:
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -42,7 +42,7 @@ def synthetic_rows(n_users: int = 40, n_items: int = 60, seed: int = 0,
     inter = []
     for u in range(1, n_users + 1):
         genre = GENRES[u % len(GENRES)]
-        t = 1_000_000 + u * 10_000
+        t = 1_000_000_000 + u * 10_000  # epoch seconds in 2001
         chosen = rng.sample(range(1, n_items + 1), k=rng.randint(min_len, max_len))
         for i in chosen:
             if rng.random() < 0.7:
@@ -85,3 +85,24 @@ def s3_env(s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     return s3_endpoint
+
+
+MLFLOW_BUCKET = "mlflow"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_url(s3_endpoint, tmp_path_factory):
+    """A real `mlflow server` for the session: SQLite store, artifacts on the moto bucket."""
+    from servers import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), s3_endpoint, MLFLOW_BUCKET) as url:
+        yield url
+
+
+@pytest.fixture
+def mlflow_env(mlflow_server_url, s3_env, monkeypatch):
+    """MLFLOW_TRACKING_URI (and the S3 env) set for one test; the server URL is returned."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server_url)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return mlflow_server_url

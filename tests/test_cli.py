@@ -60,3 +60,16 @@ def test_train_then_evaluate_and_compare(tmp_path, toy_data):
     assert trained.stdout.split("  ", 1)[1] == evaluated.stdout.split("  ", 1)[1]
     table = hllm("compare", str(out))
     assert table.returncode == 0 and "| sasrec |" in table.stdout
+
+
+def test_features_commands_report_bad_input_in_one_line(tmp_path, toy_data):
+    bad = write_recbole(tmp_path / "bad", [(1, 1, 5, 1_000_000_000), (1, 99, 5, 1_000_000_100),
+                                           (1, 1, 5, 1_000_000_200)], [(1, "a", "g")])
+    built = hllm("features", "build", "--data", str(bad), "--run", str(tmp_path / "run"))
+    assert built.returncode == 2 and "Traceback" not in built.stderr
+    assert "features not built" in built.stderr and "'99'" in built.stderr
+    assert not (tmp_path / "run" / "feature_repo").exists()
+    new = tmp_path / "new.csv"
+    new.write_text("item_id,title\nn1,Fresh\n")
+    added = hllm("features", "add-items", str(new), "--run", str(tmp_path / "run"))
+    assert added.returncode == 2 and "no feature repo built by `hllm features build`" in added.stderr

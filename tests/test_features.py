@@ -2,50 +2,63 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
 from feast import FeatureStore
 
 from conftest import write_recbole
-from hllm.features import build_features
+from hllm.errors import DataError
+from hllm.features import add_items, build_features, user_histories_as_of
 
 ITEMS = [(i, f"Movie {i}", "Drama") for i in range(1, 6)]
-# user 1 watches 1, 2, 3 at t = 100, 200, 300 (plus 1990 offset); user 2 watches 4, 5
+# user 1 watches 1, 2, 3 at T0 + 100, 200, 300; user 2 watches 4, 5, 1
 T0 = 700_000_000
 INTER = [(1, 1, 5, T0 + 100), (1, 2, 5, T0 + 200), (1, 3, 5, T0 + 300),
-         (2, 4, 5, T0 + 150), (2, 5, 5, T0 + 250)]
+         (2, 4, 5, T0 + 150), (2, 5, 5, T0 + 250), (2, 1, 5, T0 + 350)]
+VECTORS = np.arange(5 * 4, dtype=np.float32).reshape(5, 4)
 
 
-def build(tmp_path):
-    data = write_recbole(tmp_path / "d", INTER, ITEMS)
-    vectors = np.arange(5 * 4, dtype=np.float32).reshape(5, 4)
-    return build_features(str(data), tmp_path / "run", embeddings=vectors)
+def build(tmp_path, inter=INTER, items=ITEMS, run="run", **kwargs):
+    data = write_recbole(tmp_path / "d", inter, items)
+    return build_features(str(data), tmp_path / run, embeddings=VECTORS, **kwargs)
+
+
+def online(repo: Path) -> dict:
+    store = FeatureStore(repo_path=str(repo))
+    users = store.get_online_features(features=["user_history:item_ids", "user_history:timestamps"],
+                                      entity_rows=[{"user_id": "1"}, {"user_id": "2"}]).to_dict()
+    items = store.get_online_features(features=["item_embedding:embedding", "item_text:text"],
+                                      entity_rows=[{"item_id": str(i)} for i in range(1, 6)]).to_dict()
+    return {**users, **items}
+
+
+def snapshot(repo: Path) -> dict[str, str]:
+    """Every file of the repo (offline Parquet, online SQLite, registry) by content hash."""
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(repo.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
 
 
 def test_apply_materialize_and_online_lookup(tmp_path):
     result = build(tmp_path)
-    assert result.counts == {"item_text": 5, "item_embedding": 5, "user_history": 5, "users": 2}
-    store = FeatureStore(repo_path=str(result.repo))
-    online = store.get_online_features(
-        features=["user_history:item_ids", "user_history:timestamps", "user_history:length"],
-        entity_rows=[{"user_id": "1"}, {"user_id": "2"}]).to_dict()
-    assert online["item_ids"] == [["1", "2", "3"], ["4", "5"]]  # latest history, oldest first
-    assert online["timestamps"][0] == [T0 + 100, T0 + 200, T0 + 300]
-    items = store.get_online_features(features=["item_embedding:embedding", "item_text:text"],
-                                      entity_rows=[{"item_id": "2"}]).to_dict()
-    np.testing.assert_allclose(items["embedding"][0], [4, 5, 6, 7])
-    assert items["text"] == ["title: Movie 2 genre: Drama"]
+    assert result.counts == {"item_text": 5, "item_embedding": 5, "user_history": 6, "users": 2}
+    got = online(result.repo)
+    assert got["item_ids"] == [["1", "2", "3"], ["4", "5", "1"]]  # latest history, oldest first
+    assert got["timestamps"][0] == [T0 + 100, T0 + 200, T0 + 300]
+    np.testing.assert_allclose(got["embedding"][1], [4, 5, 6, 7])
+    assert got["text"][1] == "title: Movie 2 genre: Drama"
 
 
 def test_historical_retrieval_is_point_in_time_correct(tmp_path):
     result = build(tmp_path)
-    store = FeatureStore(repo_path=str(result.repo))
     entity_df = pd.DataFrame({
         "user_id": ["1", "1", "1"],
         # just after the 2nd event, exactly at the 3rd, before any event
         "event_timestamp": pd.to_datetime([T0 + 250, T0 + 300, T0 + 50], unit="s", utc=True)})
-    frame = store.get_historical_features(entity_df=entity_df,
-                                          features=["user_history:item_ids"]).to_df()
+    frame = user_histories_as_of(result.repo.parent, entity_df)
     got = {int(ts.timestamp()): (list(v) if isinstance(v, (list, np.ndarray)) else None)
            for ts, v in zip(frame["event_timestamp"], frame["item_ids"])}
     # At T0+250 the history holds the first two events; the one at T0+300 must not leak.
@@ -55,13 +68,112 @@ def test_historical_retrieval_is_point_in_time_correct(tmp_path):
     assert got.get(T0 + 50) is None
 
 
+def test_rebuild_on_the_same_data_gives_the_same_state(tmp_path):
+    first = build(tmp_path)
+    tables = {p.name: pd.read_parquet(p) for p in (first.repo / "data").glob("*.parquet")}
+    values = online(first.repo)
+    second = build(tmp_path)
+    assert second.repo == first.repo
+    assert sorted(p.name for p in tmp_path.joinpath("run").iterdir()) == ["feature_repo"]  # no staging left
+    for name, frame in tables.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(second.repo / "data" / name), frame)
+    assert online(second.repo) == values
+
+
+def test_failure_part_way_keeps_the_previous_features(tmp_path, monkeypatch):
+    first = build(tmp_path)
+    before, values = snapshot(first.repo), online(first.repo)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("online store unreachable")
+
+    monkeypatch.setattr(FeatureStore, "materialize", broken)
+    with pytest.raises(RuntimeError, match="unreachable"):
+        build(tmp_path, inter=INTER + [(1, 4, 5, T0 + 400)])
+    assert snapshot(first.repo) == before
+    assert online(first.repo) == values
+    assert sorted(p.name for p in tmp_path.joinpath("run").iterdir()) == ["feature_repo"]
+
+
+BAD = {
+    "null item id": (INTER + [(2, "", 5, T0 + 500)], ITEMS,
+                     ["interactions column 'item_id'", "expect_column_values_to_not_be_null", "rows 7"]),
+    "unknown item": (INTER + [(2, 99, 5, T0 + 500)], ITEMS,
+                     ["expect_column_values_to_be_in_set", "values ['99']"]),
+    "duplicate rows": (INTER + [INTER[0]], ITEMS,
+                       ["expect_compound_columns_to_be_unique", "user_id,item_id,timestamp", "rows 1, 7"]),
+    "timestamps as strings": (INTER + [(2, 2, 5, "2024-05-01")], ITEMS,
+                              ["column 'timestamp'", "match_regex", "2024-05-01"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD) + ["non-UTF-8 text", "empty file", "missing column"])
+def test_bad_input_is_named_and_leaves_the_store_unchanged(tmp_path, case):
+    good = build(tmp_path)
+    before, values = snapshot(good.repo), online(good.repo)
+    bad_dir = tmp_path / "bad"
+    if case in BAD:
+        inter, items, phrases = BAD[case]
+        write_recbole(bad_dir, inter, items)
+    else:
+        write_recbole(bad_dir, INTER, ITEMS)
+        if case == "non-UTF-8 text":
+            (bad_dir / "toy.item").write_bytes(
+                "item_id:token\ttitle:token_seq\tgenre:token_seq\n1\tCaf\xe9\tDrama\n".encode("latin-1"))
+            phrases = ["toy.item", "not valid UTF-8"]
+        elif case == "empty file":
+            (bad_dir / "toy.inter").write_text("")
+            phrases = ["toy.inter", "the file is empty"]
+        else:
+            (bad_dir / "toy.inter").write_text("user_id:token\titem_id:token\n1\t1\n2\t2\n")
+            phrases = ["column 'timestamp'", "column is missing"]
+    with pytest.raises(DataError) as info:
+        build_features(str(bad_dir), tmp_path / "run", embeddings=VECTORS)
+    message = str(info.value)
+    assert message.startswith("features not built (nothing written)")
+    for phrase in phrases:
+        assert phrase in message, message
+    assert snapshot(good.repo) == before
+    assert online(good.repo) == values
+
+
 def test_item_embeddings_come_from_the_item_llm(tmp_path, toy_data):
+    result = build_features(str(toy_data), tmp_path / "run", embed_preset="cpu-tiny")
     from hllm.features import item_llm_embeddings
 
     ids, vectors = item_llm_embeddings(str(toy_data), "cpu-tiny")
     assert vectors.shape == (len(ids), 32)
-    result = build_features(str(toy_data), tmp_path / "run", embeddings=vectors, embedding_ids=ids)
     store = FeatureStore(repo_path=str(result.repo))
     got = store.get_online_features(features=["item_embedding:embedding"],
                                     entity_rows=[{"item_id": ids[3]}]).to_dict()
     np.testing.assert_allclose(got["embedding"][0], vectors[3], rtol=1e-6)
+
+
+def test_add_items_are_servable_at_once(tmp_path, toy_data):
+    result = build_features(str(toy_data), tmp_path / "run", embed_preset="cpu-tiny")
+    store = FeatureStore(repo_path=str(result.repo))
+    known = store.get_online_features(features=["item_embedding:embedding", "item_text:text"],
+                                      entity_rows=[{"item_id": "3"}]).to_dict()
+    new = tmp_path / "new.csv"
+    # n1 repeats item 3's text: the same Item LLM must give the same vector.
+    new.write_text("item_id,title,genre\nn1,Movie 3,Horror\nn2,A brand new film,Western\n")
+    added = add_items(str(new), tmp_path / "run")
+    assert added.item_ids == ["n1", "n2"] and added.embedding_dim == 32
+    got = FeatureStore(repo_path=str(result.repo)).get_online_features(
+        features=["item_embedding:embedding", "item_text:text"],
+        entity_rows=[{"item_id": "n1"}, {"item_id": "n2"}]).to_dict()
+    assert got["text"] == [known["text"][0], "title: A brand new film genre: Western"]
+    np.testing.assert_allclose(got["embedding"][0], known["embedding"][0], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got["embedding"][1], known["embedding"][0])
+    offline = pd.read_parquet(result.repo / "data" / "item_embedding.parquet")
+    assert {"n1", "n2"} <= set(offline["item_id"])  # pushed to the offline store too
+
+
+def test_add_items_rejects_items_without_text(tmp_path, toy_data):
+    result = build_features(str(toy_data), tmp_path / "run", embed_preset="cpu-tiny")
+    before = snapshot(result.repo)
+    new = tmp_path / "new.csv"
+    new.write_text("item_id,title,genre\nn1,Fine,Drama\nn2, ,\n")
+    with pytest.raises(DataError, match=r"new.csv: data row 2 has no text"):
+        add_items(str(new), tmp_path / "run")
+    assert snapshot(result.repo) == before

@@ -50,6 +50,24 @@ def read_dataset(uri: str, fmt: str = "auto") -> RawData:
     return RawData(inter, items, {"interactions": str(inter_path), "items": str(item_path)})
 
 
+def read_item_table(uri: str) -> pd.DataFrame:
+    """One item table on its own (a RecBole .item, CSV or Parquet file): new catalogue items."""
+    path = storage.local_path(uri)
+    if not path.is_file():
+        raise DataError(f"{path}: no such item file (a .item, .csv or .parquet table)")
+    fmt = "recbole" if path.suffix == ".item" else path.suffix.lstrip(".")
+    items = read_raw_table(path, fmt)
+    if items.empty:
+        raise DataError(f"{path}: the item table has a header but no rows")
+    if "item_id" in items.columns:
+        ids = items["item_id"].astype("string").str.strip()
+        empty = (ids.isna() | (ids == "")).to_numpy().nonzero()[0]
+        if len(empty):
+            raise DataError(f"{path}: column 'item_id' is empty in {len(empty)} row(s), first at "
+                            f"data row {empty[0] + 1}; every new item needs an id")
+    return _check_items(items, path)
+
+
 def locate_tables(root: Path, fmt: str) -> tuple[Path, Path | None, str]:
     if fmt not in ("auto", "recbole", "csv", "parquet"):
         raise DataError(f"unknown data format {fmt!r} (auto | recbole | csv | parquet)")

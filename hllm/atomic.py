@@ -1,0 +1,20 @@
+"""Replace a directory as a whole: readers see the old one or the new one, never a mix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def swap_dir(staged: Path, final: Path) -> None:
+    """Move a fully written `staged` directory to `final`, replacing what was there.
+
+    Two renames on one filesystem; between them only `final.old` exists, so a crash
+    there loses nothing (the previous version is still on disk under that name).
+    """
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staged.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
