@@ -1,0 +1,280 @@
+"""A/B experiment configs: who gets which model, how fast it ramps, and what gates it.
+
+    hllm ab validate configs/ab/hllm-rollout.yaml --others configs/ab/
+
+One YAML file per experiment (see configs/ab/hllm-rollout.yaml for every field with
+comments). Loading checks the schema and the invariants ops rely on, and reports every
+problem at once, each naming its field: allocations that do not sum to 100, a ramp that
+goes down, an end before the start, unknown keys. `check_layer` refuses experiments
+that would share users in one layer at the same time; `check_models` (in hllm.gate)
+refuses arms pointing at registry versions that do not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hllm.errors import ConfigError
+
+ARMS = ("control", "treatment", "holdout")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registry pointer: an alias (moves with promotions) or a pinned version."""
+
+    alias: str | None = None
+    version: int | None = None
+
+    def uri(self, name: str) -> str:
+        return f"models:/{name}@{self.alias}" if self.alias else f"models:/{name}/{self.version}"
+
+    def __str__(self) -> str:
+        return f"@{self.alias}" if self.alias else f"version {self.version}"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Experiments in one layer are mutually exclusive: each owns a slice of its traffic."""
+
+    name: str
+    slice: tuple[float, float] = (0.0, 100.0)  # percent of the layer's buckets, [lo, hi)
+
+
+@dataclass(frozen=True)
+class Bucketing:
+    unit: str = "user_id"
+    salt: str = ""
+    buckets: int = 10_000
+
+
+@dataclass(frozen=True)
+class RampStage:
+    percent: float  # share of all traffic on treatment during this stage
+    days: int = 1
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """An online metric ops watch during the ramp; crossing a limit means roll back."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    primary_metric: str = "ndcg@10"
+    # Required uplift over the champion per metric (absolute). For the primary metric
+    # the lower end of the bootstrap interval must clear it; others must not fall below
+    # it (default: -tolerance, i.e. no regression beyond tolerance).
+    min_uplift: dict[str, float] = field(default_factory=lambda: {"ndcg@10": 0.0})
+    tolerance: float = 0.005
+    absolute: dict[str, float] = field(default_factory=dict)  # first model ever: floors
+    beat_baseline: bool = True  # the challenger must be ahead of the ID baseline
+    confidence: float = 0.95
+    bootstrap_samples: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ABConfig:
+    name: str
+    owner: str
+    model: str  # registered model name both arms come from
+    layer: Layer
+    control: ModelRef
+    treatment: ModelRef
+    allocation: dict[str, float]  # control / treatment / holdout, percent, sum 100
+    bucketing: Bucketing
+    ramp: tuple[RampStage, ...]
+    guardrails: tuple[Guardrail, ...]
+    gate: GateConfig
+    start: dt.date
+    end: dt.date
+    source: str = ""  # the file it came from, for messages
+
+    def arm_ref(self, arm: str) -> ModelRef:
+        return self.treatment if arm == "treatment" else self.control
+
+
+def load_ab_config(path: str | Path) -> ABConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such A/B config")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of experiment fields")
+    return parse_ab_config(raw, source=str(path))
+
+
+def parse_ab_config(raw: dict[str, Any], source: str = "<dict>") -> ABConfig:
+    """Build and check an ABConfig; every problem is reported, each with its field path."""
+    errors: list[str] = []
+    required = ("name", "owner", "model", "layer", "control", "treatment", "allocation",
+                "bucketing", "start", "end")
+    known = set(required) | {"ramp", "guardrails", "gate"}
+    errors += [f"{k}: unknown field (known: {', '.join(sorted(known))})" for k in raw if k not in known]
+    errors += [f"{k}: required" for k in required if k not in raw]
+    if errors:
+        raise ConfigError(_message(source, errors))
+
+    def sub(key: str, cls, value: Any):
+        if not isinstance(value, dict):
+            errors.append(f"{key}: expected a mapping, got {value!r}")
+            return None
+        names = {f.name for f in fields(cls)}
+        bad = [k for k in value if k not in names]
+        errors.extend(f"{key}.{k}: unknown field (known: {', '.join(sorted(names))})" for k in bad)
+        try:
+            return cls(**{k: v for k, v in value.items() if k in names})
+        except TypeError as exc:
+            errors.append(f"{key}: {exc}")
+            return None
+
+    layer = sub("layer", Layer, raw["layer"])
+    if layer is not None:
+        layer = Layer(layer.name, _slice(layer.slice, errors))
+    control, treatment = (_model_ref(k, raw[k], errors) for k in ("control", "treatment"))
+    allocation = _allocation(raw["allocation"], errors)
+    bucketing = sub("bucketing", Bucketing, raw["bucketing"])
+    if bucketing is not None:
+        if not bucketing.salt:
+            errors.append("bucketing.salt: required (a new salt per experiment reshuffles users)")
+        if not isinstance(bucketing.buckets, int) or bucketing.buckets < 100:
+            errors.append(f"bucketing.buckets: at least 100, got {bucketing.buckets!r}")
+    ramp = tuple(s for s in (sub(f"ramp[{i}]", RampStage, s) for i, s in enumerate(raw.get("ramp") or []))
+                 if s is not None)
+    _check_ramp(ramp, allocation, errors)
+    guardrails = tuple(g for g in (sub(f"guardrails[{i}]", Guardrail, g)
+                                   for i, g in enumerate(raw.get("guardrails") or [])) if g is not None)
+    for i, g in enumerate(guardrails):
+        if g.max is None and g.min is None:
+            errors.append(f"guardrails[{i}] ({g.metric}): give a max or a min limit")
+    gate = sub("gate", GateConfig, raw.get("gate") or {})
+    if gate is not None:
+        if gate.primary_metric not in gate.min_uplift:
+            errors.append(f"gate.min_uplift: no entry for the primary metric {gate.primary_metric!r}")
+        if not 0.5 < gate.confidence < 1:
+            errors.append(f"gate.confidence: between 0.5 and 1, got {gate.confidence}")
+    start, end = _date("start", raw["start"], errors), _date("end", raw["end"], errors)
+    if start and end and end <= start:
+        errors.append(f"end: {end} is not after start {start}")
+    if control and treatment and control == treatment:
+        errors.append(f"treatment: same model as control ({control})")
+    if errors:
+        raise ConfigError(_message(source, errors))
+    return ABConfig(str(raw["name"]), str(raw["owner"]), str(raw["model"]), layer, control, treatment,
+                    allocation, bucketing, ramp, guardrails, gate, start, end, source)
+
+
+def check_layer(config: ABConfig, others: list[ABConfig]) -> None:
+    """Refuse two experiments of one layer that overlap in time and in traffic slice."""
+    for other in others:
+        if other.name == config.name or other.layer.name != config.layer.name:
+            continue
+        same_time = config.start < other.end and other.start < config.end
+        lo, hi = config.layer.slice
+        olo, ohi = other.layer.slice
+        if same_time and lo < ohi and olo < hi:
+            raise ConfigError(
+                f"{config.source}: layer.slice {list(config.layer.slice)} of layer "
+                f"{config.layer.name!r} overlaps experiment {other.name!r} ({other.source}, slice "
+                f"{list(other.layer.slice)}, {other.start}..{other.end}); give them disjoint slices "
+                "or non-overlapping dates")
+
+
+def load_layer_peers(directory: str | Path, exclude: str | Path | None = None) -> list[ABConfig]:
+    skip = Path(exclude).resolve() if exclude else None
+    return [load_ab_config(p) for p in sorted(Path(directory).glob("*.yaml"))
+            if p.resolve() != skip]
+
+
+def _message(source: str, errors: list[str]) -> str:
+    return f"{source}: invalid A/B config:\n" + "\n".join(f"  - {e}" for e in errors)
+
+
+def _model_ref(key: str, value: Any, errors: list[str]) -> ModelRef | None:
+    if not isinstance(value, dict) or len(value) != 1 or not ({"alias", "version"} & set(value)):
+        errors.append(f"{key}: give exactly one of alias: NAME or version: N, got {value!r}")
+        return None
+    if "version" in value:
+        v = value["version"]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            errors.append(f"{key}.version: a positive integer, got {v!r}")
+            return None
+        return ModelRef(version=v)
+    return ModelRef(alias=str(value["alias"]))
+
+
+def _allocation(value: Any, errors: list[str]) -> dict[str, float]:
+    if not isinstance(value, dict):
+        errors.append(f"allocation: expected control/treatment/holdout percentages, got {value!r}")
+        return {}
+    out = {}
+    for key, pct in value.items():
+        if key not in ARMS:
+            errors.append(f"allocation.{key}: unknown arm (known: {', '.join(ARMS)})")
+        elif not isinstance(pct, (int, float)) or isinstance(pct, bool) or not 0 <= pct <= 100:
+            errors.append(f"allocation.{key}: a percentage in [0, 100], got {pct!r}")
+        else:
+            out[key] = float(pct)
+    for arm in ("control", "treatment"):
+        if arm not in value:
+            errors.append(f"allocation.{arm}: required")
+    out.setdefault("holdout", 0.0)
+    total = sum(out.values())
+    if out and abs(total - 100) > 1e-9 and not any(e.startswith("allocation.") for e in errors):
+        errors.append(f"allocation: control + treatment + holdout must sum to 100, got {total:g} "
+                      f"({', '.join(f'{k} {v:g}' for k, v in out.items())})")
+    return out
+
+
+def _check_ramp(ramp: tuple[RampStage, ...], allocation: dict[str, float], errors: list[str]) -> None:
+    previous = 0.0
+    for i, stage in enumerate(ramp):
+        if not isinstance(stage.percent, (int, float)) or not 0 < stage.percent <= 100:
+            errors.append(f"ramp[{i}].percent: in (0, 100], got {stage.percent!r}")
+            continue
+        if stage.percent <= previous:
+            errors.append(f"ramp[{i}].percent: {stage.percent:g} does not increase on the previous "
+                          f"stage ({previous:g}); a ramp only goes up (roll back instead)")
+        if not isinstance(stage.days, int) or stage.days < 1:
+            errors.append(f"ramp[{i}].days: a whole number of days >= 1, got {stage.days!r}")
+        previous = max(previous, float(stage.percent))
+    treatment = allocation.get("treatment")
+    if ramp and treatment is not None and abs(previous - treatment) > 1e-9:
+        errors.append(f"ramp[{len(ramp) - 1}].percent: the last stage must reach "
+                      f"allocation.treatment ({treatment:g}), got {previous:g}")
+
+
+def _slice(value: Any, errors: list[str]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        errors.append(f"layer.slice: [lo, hi] percentages, got {value!r}")
+        return (0.0, 100.0)
+    if not 0 <= lo < hi <= 100:
+        errors.append(f"layer.slice: need 0 <= lo < hi <= 100, got [{lo:g}, {hi:g}]")
+    return (lo, hi)
+
+
+def _date(key: str, value: Any, errors: list[str]) -> dt.date | None:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        errors.append(f"{key}: an ISO date (YYYY-MM-DD), got {value!r}")
+        return None
