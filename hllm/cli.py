@@ -33,9 +33,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hllm.train import train
 
     cfg = load_config(args.preset, args.config, parse_set(args.set))
+    tracking_uri = _tracking_uri(args)
     result = train(cfg, args.model, args.data, args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {Path(args.out) / 'metrics.json'}  {_headline(result)}")
+        if tracking_uri:
+            from hllm.tracking import log_run
+
+            run_id = log_run(args.out, tracking_uri, args.experiment)
+            print(f"logged to MLflow {tracking_uri}: run {run_id} ({Path(args.out) / 'mlflow.json'})")
+    return 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> str | None:
+    """The MLflow URI for this train run (checked up front, so a dead server fails fast)."""
+    from hllm.tracking import check_server, resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    if uri and int(os.environ.get("RANK", "0")) == 0:
+        check_server(uri)
+    return uri
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from hllm.registry import register
+
+    result = register(args.run, name=args.name, onnx_name=args.onnx_name,
+                      onnx=False if args.no_onnx else None, onnx_dir=args.onnx_dir,
+                      pipeline_run_id=args.pipeline_run_id, validation=args.validation,
+                      feature_repo=args.feature_repo, tracking_uri=args.tracking_uri)
+    for version in result.versions:
+        print(f"registered {version.name} version {version.version} (alias challenger)")
     return 0
 
 
@@ -44,6 +72,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run, args.data)
     print(f"wrote {Path(args.run) / 'metrics.json'}  {_headline(result)}")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from hllm.onnx_export import MANIFEST, export_item_llm
+
+    out = export_item_llm(args.run, args.out, args.precision)
+    manifest = json.loads((out / MANIFEST).read_text())
+    checks = ", ".join(f"{k} max|diff| {v['max_abs_diff']:.2e}" for k, v in
+                       manifest["parity_vs_pytorch"].items() if "max_abs_diff" in v)
+    print(f"wrote {', '.join(manifest['files'].values())} to {out}  ({checks})")
     return 0
 
 
@@ -88,6 +127,52 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows.append((run, json.loads(path.read_text())))
     print(markdown_table(rows))
     print(bootstrap_lines(rows))
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from hllm.gate import gate
+
+    result = gate(args.challenger, args.ab_config, baseline=args.baseline,
+                  tracking_uri=args.tracking_uri, out=args.out)
+    for check in result.checks:
+        print(f"{'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+    print(f"{result.decision}: {result.model} version {result.challenger}"
+          + (f" is now champion (previous: {result.champion or 'none'})" if result.promoted
+             else " (nothing moved)"))
+    return 0 if result.promoted or args.refusal_ok else 1
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from hllm.gate import rollback
+
+    current, previous = rollback(args.ab_config, tracking_uri=args.tracking_uri)
+    print(f"champion: version {current} -> version {previous}")
+    return 0
+
+
+def cmd_ab_validate(args: argparse.Namespace) -> int:
+    from hllm.experiment import check_layer, load_ab_config, load_layer_peers
+
+    cfg = load_ab_config(args.config)
+    if args.others:
+        check_layer(cfg, load_layer_peers(args.others, exclude=args.config))
+    print(f"{args.config}: valid ({cfg.name}: control {cfg.control}, treatment {cfg.treatment}, "
+          f"layer {cfg.layer.name}, {cfg.start}..{cfg.end})")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from hllm.serving import recommend
+
+    rec = recommend(args.user, args.ab_config, k=args.k, feature_repo=args.feature_repo,
+                    data=args.data, ramp_percent=args.ramp_percent)
+    print(json.dumps({"user": rec.user, "arm": rec.assignment.arm, "served": rec.assignment.serve,
+                      "bucket": rec.assignment.bucket, "model": rec.model_uri,
+                      "history_length": len(rec.history),
+                      "items": [{"item_id": i, "score": round(s, 6)}
+                                for i, s in zip(rec.item_ids, rec.scores)],
+                      "ms": round(1000 * rec.seconds, 1)}, indent=2))
     return 0
 
 
@@ -168,16 +253,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--model", default="hllm", choices=["hllm", "sasrec"])
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--tracking-uri", help="log the finished run to this MLflow server "
+                   "(default: $MLFLOW_TRACKING_URI; unset = no tracking)")
+    p.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or hllm)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("register", help="register a run's model in MLflow (alias challenger)")
+    p.add_argument("--run", required=True, help="run directory written by `hllm train`")
+    p.add_argument("--name", default="hllm", help="registered model name of the recommender")
+    p.add_argument("--onnx-name", default="hllm-item-llm", help="registered name of the ONNX Item LLM")
+    p.add_argument("--no-onnx", action="store_true", help="register the recommender only")
+    p.add_argument("--onnx-dir", help="exported ONNX directory (default: RUN/onnx, exported if missing)")
+    p.add_argument("--pipeline-run-id", help="pipeline run id for lineage (default: $KFP_RUN_ID)")
+    p.add_argument("--validation", help="validation.json to record (default: RUN/validation.json)")
+    p.add_argument("--feature-repo", help="Feast repo whose feature views to record")
+    p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI or RUN/mlflow.json)")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("evaluate", help="re-score a run's best weights (full ranking)")
     p.add_argument("--run", required=True, help="run directory written by `hllm train`")
     p.add_argument("--data", help="dataset (default: the one the run was trained on)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("export-onnx", help="export a run's Item LLM (text -> item vector) to ONNX")
+    p.add_argument("--run", required=True, help="run directory written by `hllm train --model hllm`")
+    p.add_argument("--out", help="output directory (default: RUN/onnx)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
+                   help="graphs to write; fp32 is always written (fp16: CUDA EP, int8: CPU)")
+    p.set_defaults(func=cmd_export_onnx)
+
     p = sub.add_parser("compare", help="print a Markdown table of runs' test metrics")
     p.add_argument("runs", nargs="+")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("gate", help="promote a challenger to champion if it beat it offline")
+    p.add_argument("--challenger", required=True, help="model version (or alias) to judge")
+    p.add_argument("--ab-config", required=True, help="A/B experiment YAML (configs/ab/)")
+    p.add_argument("--baseline", help="ID baseline: run directory or models:/NAME@ALIAS")
+    p.add_argument("--out", help="directory for gate.json and rollout_plan.md")
+    p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--refusal-ok", action="store_true",
+                   help="exit 0 when refused (the decision is still logged; for pipelines)")
+    p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("rollback", help="point champion back at the previous champion")
+    p.add_argument("--ab-config", required=True, help="A/B experiment YAML naming the model")
+    p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("ab", help="A/B experiment configs")
+    asub = p.add_subparsers(dest="ab_command", required=True)
+    p = asub.add_parser("validate", help="check one config (and its layer against others)")
+    p.add_argument("config")
+    p.add_argument("--others", help="directory of the other experiments' configs (layer check)")
+    p.set_defaults(func=cmd_ab_validate)
+
+    p = sub.add_parser("recommend", help="top-k items for one user, routed by the A/B config")
+    p.add_argument("--user", required=True)
+    p.add_argument("--ab-config", required=True)
+    p.add_argument("--feature-repo", help="read the history from this Feast repo's online store")
+    p.add_argument("--data", help="or from this dataset")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--ramp-percent", type=float, help="current ramp stage's treatment share")
+    p.set_defaults(func=cmd_recommend)
     return parser
 
 

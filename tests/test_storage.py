@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hllm import storage
@@ -29,3 +31,82 @@ def test_missing_s3_prefix_names_bucket_and_key(s3_env):
     client.create_bucket(Bucket="empty")
     with pytest.raises(DataError, match="no object or prefix 'nothing/here' in bucket 'empty'"):
         storage.local_path("s3://empty/nothing/here")
+
+
+def test_directory_round_trip_through_s3_and_local(tmp_path, s3_env):
+    storage.s3_client().create_bucket(Bucket="dirs")
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha")
+    (src / "sub" / "b.bin").write_bytes(bytes(range(256)) * 10)
+    keys = storage.upload_dir(src, "s3://dirs/runs/r1")
+    assert keys == ["s3://dirs/runs/r1/a.txt", "s3://dirs/runs/r1/sub/b.bin"]
+    back = storage.download_dir("s3://dirs/runs/r1", tmp_path / "back")
+    assert (back / "a.txt").read_text() == "alpha"
+    assert (back / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
+    assert storage.exists("s3://dirs/runs/r1/a.txt")
+    assert not storage.exists("s3://dirs/runs/r1/missing.txt")
+    # The same calls work for plain local paths on either side.
+    storage.upload_dir(src, str(tmp_path / "copy"))
+    assert (tmp_path / "copy" / "sub" / "b.bin").exists()
+    one = storage.download(str(src / "a.txt"), tmp_path / "one" / "a.txt")
+    assert one.read_text() == "alpha"
+
+
+def test_large_file_goes_up_in_parts(tmp_path, s3_env):
+    import hashlib
+
+    storage.s3_client().create_bucket(Bucket="big")
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(os.urandom(11 * 1024 * 1024))
+    storage.upload(blob, "s3://big/ckpt/weights.bin", storage.transfer_config(threshold_mb=5, chunk_mb=5))
+    head = storage.s3_client().head_object(Bucket="big", Key="ckpt/weights.bin")
+    assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of 3 parts
+    back = storage.download("s3://big/ckpt/weights.bin", tmp_path / "back.bin",
+                            storage.transfer_config(threshold_mb=5, chunk_mb=5))
+    assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(blob.read_bytes()).digest()
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_missing_bucket_and_key_are_named(tmp_path, s3_env):
+    with pytest.raises(DataError, match="bucket 'no-such-bucket' does not exist"):
+        storage.download("s3://no-such-bucket/a/b.txt", tmp_path / "x")
+    with pytest.raises(DataError, match="bucket 'no-such-bucket' does not exist"):
+        storage.local_path("s3://no-such-bucket/prefix")
+    storage.s3_client().create_bucket(Bucket="keys")
+    with pytest.raises(DataError, match="no object 'a/missing.txt' in bucket 'keys'"):
+        storage.download("s3://keys/a/missing.txt", tmp_path / "x")
+    with pytest.raises(DataError, match="no objects under prefix 'nothing/' in bucket 'keys'"):
+        storage.download_dir("s3://keys/nothing", tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+
+
+def test_access_denied_names_bucket_and_key(tmp_path, monkeypatch):
+    from servers import s3_server_with_auth
+
+    with s3_server_with_auth(tmp_path) as url:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        src = tmp_path / "f.txt"
+        src.write_text("x")
+        with pytest.raises(DataError, match=r"access denied to bucket 'locked' key 'dir/f.txt'"):
+            storage.upload(src, "s3://locked/dir/f.txt")
+        with pytest.raises(DataError, match=r"access denied to bucket 'locked' key 'dir/g.txt'"):
+            storage.download("s3://locked/dir/g.txt", tmp_path / "g.txt")
+
+
+def test_unreachable_endpoint_fails_after_bounded_retries(tmp_path, monkeypatch):
+    import time
+
+    from servers import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("HLLM_S3_MAX_ATTEMPTS", "3")
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match="bucket 'data' key 'x.csv'.*unreachable"):
+        storage.download("s3://data/x.csv", tmp_path / "x.csv")
+    assert time.monotonic() - t0 < 30

@@ -1,0 +1,363 @@
+"""The promotion gate: a challenger becomes `champion` only if it measurably beat it offline.
+
+    hllm gate --challenger 3 --ab-config configs/ab/hllm-rollout.yaml --baseline runs/x/sasrec
+    hllm rollback --ab-config configs/ab/hllm-rollout.yaml
+
+Evidence is read from the registry itself: each model version's source run holds the
+`metrics.json` and per-user `test_ranks.npy` of its evaluation. With a champion, the
+challenger must have been evaluated on the same split (same split_sha256), its uplift on
+the primary metric must clear the configured bar at the lower end of a paired bootstrap
+interval over users, and no other metric may fall below its bar (default: -tolerance).
+The first model ever is held to absolute floors instead. With `beat_baseline`, it must
+also be ahead of the ID baseline (SASRec) on the primary metric, on the same split.
+
+On pass, `previous-champion` is pointed at the old champion and `champion` at the
+challenger (undone if the second write fails), and the rollout plan is logged beside
+the version. On fail nothing moves. Either way the decision (inputs, numbers, outcome)
+is logged as an MLflow run in the `hllm-gate` experiment and as tags on the version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hllm.errors import ConfigError, HLLMError
+from hllm.evaluate import paired_bootstrap
+from hllm.experiment import ABConfig, load_ab_config
+
+log = logging.getLogger(__name__)
+
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
+METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
+GATE_EXPERIMENT = "hllm-gate"
+
+
+@dataclass
+class Evidence:
+    """One model's offline evaluation: test metrics, split hash and per-user ranks."""
+
+    label: str
+    metrics: dict[str, Any]
+    ranks: np.ndarray
+
+    @property
+    def split(self) -> str:
+        return str(self.metrics.get("split_sha256", ""))
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    numbers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GateDecision:
+    decision: str  # promoted | refused
+    model: str
+    challenger: str
+    champion: str | None
+    reasons: list[str]
+    checks: list[Check]
+    experiment: str
+    decided_at: str
+    gate_run_id: str = ""
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == "promoted"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "checks": [asdict(c) for c in self.checks]}
+
+
+# ---------------------------------------------------------------- evidence
+
+def evidence_from_dir(path: str | Path, label: str | None = None) -> Evidence:
+    """A run directory (or a directory holding metrics.json and test_ranks.npy)."""
+    path = Path(path)
+    metrics_file, ranks_file = path / "metrics.json", path / "test_ranks.npy"
+    for f in (metrics_file, ranks_file):
+        if not f.is_file():
+            raise ConfigError(f"{f}: missing; the gate needs the evaluation's metrics.json and "
+                              "per-user test_ranks.npy (written by `hllm train`/`hllm evaluate`)")
+    return Evidence(label or str(path), json.loads(metrics_file.read_text()),
+                    np.load(ranks_file, allow_pickle=False))
+
+
+def evidence_from_version(client, name: str, version: str) -> Evidence:
+    run_id = client.get_model_version(name, version).run_id
+    if not run_id:
+        raise ConfigError(f"model {name} version {version} has no source run; register it with "
+                          "`hllm register` so its evaluation travels with it")
+    with tempfile.TemporaryDirectory(prefix="hllm-gate-") as tmp:
+        try:
+            for artifact in ("metrics.json", "test_ranks.npy"):
+                client.download_artifacts(run_id, artifact, tmp)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds here
+            raise ConfigError(f"model {name} version {version} (run {run_id}): cannot read its "
+                              f"metrics.json/test_ranks.npy artifacts: {exc}") from exc
+        return evidence_from_dir(tmp, f"{name} v{version}")
+
+
+def resolve_version(client, name: str, ref: str) -> str | None:
+    """'7', 'v7' or an alias -> the version number; None when an alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    ref = str(ref).removeprefix("v") if str(ref).removeprefix("v").isdigit() else str(ref)
+    try:
+        if ref.isdigit():
+            return client.get_model_version(name, ref).version
+        return client.get_model_version_by_alias(name, ref).version
+    except MlflowException:
+        if ref.isdigit():
+            raise ConfigError(f"model {name!r} has no version {ref} in the registry") from None
+        return None
+
+
+def check_models(cfg: ABConfig, client) -> None:
+    """Pinned versions in the A/B config must exist (aliases may still be unset)."""
+    for arm in ("control", "treatment"):
+        ref = cfg.arm_ref(arm)
+        if ref.version is not None:
+            try:
+                resolve_version(client, cfg.model, str(ref.version))
+            except ConfigError as exc:
+                raise ConfigError(f"{cfg.source}: {arm}.version: {exc}") from None
+
+
+# ---------------------------------------------------------------- the decision
+
+def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
+           baseline: Evidence | None) -> list[Check]:
+    """Every check the gate applies, in order; pure (no registry access)."""
+    g = cfg.gate
+    primary = g.primary_metric
+    checks: list[Check] = []
+
+    def bootstrap(a: Evidence, b: Evidence, metric: str) -> dict[str, float]:
+        return paired_bootstrap(a.ranks, b.ranks, metric, samples=g.bootstrap_samples, seed=g.seed,
+                                level=g.confidence)
+
+    if champion is None:
+        for metric, floor in g.absolute.items():
+            value = float(challenger.metrics[metric])
+            checks.append(Check(f"absolute {metric}", value >= floor,
+                                f"first model: {metric} {value:.4f} vs floor {floor:.4f}",
+                                {"value": value, "floor": floor}))
+    elif challenger.split != champion.split:
+        checks.append(Check("same split", False,
+                            f"evaluated on a different split than the champion "
+                            f"({challenger.split[:12]} vs {champion.split[:12]}); re-evaluate both "
+                            "on one split"))
+    else:
+        bar = g.min_uplift[primary]
+        ci = bootstrap(challenger, champion, primary)
+        checks.append(Check(
+            f"uplift {primary}", ci["low"] > bar,
+            f"{primary} {challenger.metrics[primary]:.4f} vs champion {champion.metrics[primary]:.4f}: "
+            f"diff {ci['diff']:+.4f}, {g.confidence:.0%} CI {ci['low']:+.4f}..{ci['high']:+.4f}, "
+            f"lower end must exceed {bar:+.4f}", {**ci, "bar": bar}))
+        for metric in METRICS:
+            if metric == primary or metric not in challenger.metrics or metric not in champion.metrics:
+                continue
+            diff = float(challenger.metrics[metric]) - float(champion.metrics[metric])
+            floor = g.min_uplift.get(metric, -g.tolerance)
+            checks.append(Check(f"no regression {metric}", diff >= floor,
+                                f"{metric} diff {diff:+.4f} (must be >= {floor:+.4f})",
+                                {"diff": diff, "bar": floor}))
+    if g.beat_baseline:
+        if baseline is None:
+            checks.append(Check("ahead of ID baseline", False,
+                                "no ID baseline evaluation given (--baseline); the gate requires one"))
+        elif baseline.split != challenger.split:
+            checks.append(Check("ahead of ID baseline", False,
+                                f"the ID baseline was evaluated on a different split "
+                                f"({baseline.split[:12]} vs {challenger.split[:12]})"))
+        else:
+            ci = bootstrap(challenger, baseline, primary)
+            checks.append(Check(
+                "ahead of ID baseline", ci["diff"] > 0,
+                f"{primary} {challenger.metrics[primary]:.4f} vs ID baseline "
+                f"{baseline.metrics[primary]:.4f}: diff {ci['diff']:+.4f} "
+                f"(CI {ci['low']:+.4f}..{ci['high']:+.4f}), must be > 0", ci))
+    return checks
+
+
+def gate(challenger: str, ab_config: str | Path, baseline: str | Path | None = None,
+         tracking_uri: str | None = None, out: str | Path | None = None) -> GateDecision:
+    """Decide, log the decision, and on pass move `champion` to the challenger."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    cfg = load_ab_config(ab_config)
+    uri = _tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    name = cfg.model
+    check_models(cfg, client)
+    version = resolve_version(client, name, challenger)
+    if version is None:
+        raise ConfigError(f"model {name!r} has no alias {challenger!r}")
+    chal = evidence_from_version(client, name, version)
+    champ_version = resolve_version(client, name, CHAMPION)
+    if champ_version == version:
+        raise ConfigError(f"{name} version {version} is already the champion")
+    champ = evidence_from_version(client, name, champ_version) if champ_version else None
+    base = _baseline(client, baseline)
+    checks = decide(cfg, chal, champ, base)
+    reasons = [c.detail for c in checks if not c.passed]
+    result = GateDecision("promoted" if not reasons else "refused", name, version, champ_version,
+                          reasons, checks, cfg.name,
+                          dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    result.gate_run_id = _log_decision(client, cfg, result, Path(ab_config))
+    if result.promoted:
+        _promote(client, name, version, champ_version)
+    _tag_version(client, name, version, result)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "gate.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        (Path(out) / "rollout_plan.md").write_text(rollout_plan(cfg, result))
+    log.info("gate: %s %s v%s (%s)", result.decision, name, version, "; ".join(reasons) or "all checks passed")
+    return result
+
+
+def rollback(ab_config: str | Path, tracking_uri: str | None = None) -> tuple[str, str]:
+    """Point `champion` back at `previous-champion`; returns (from version, to version)."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = load_ab_config(ab_config)
+    client = MlflowClient(_tracking_uri(tracking_uri))
+    name = cfg.model
+    previous = resolve_version(client, name, PREVIOUS)
+    current = resolve_version(client, name, CHAMPION)
+    if previous is None:
+        raise ConfigError(f"model {name!r} has no {PREVIOUS!r} alias: nothing to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.delete_registered_model_alias(name, PREVIOUS)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if current is not None:
+        client.set_model_version_tag(name, current, "gate.rolled_back_at", now)
+    log.info("rollback: %s champion %s -> %s", name, current, previous)
+    return str(current), str(previous)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _tracking_uri(explicit: str | None) -> str:
+    import os
+
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def _baseline(client, baseline: str | Path | None) -> Evidence | None:
+    """A run directory, or `models:/NAME/VERSION` / `models:/NAME@ALIAS` in the registry."""
+    if baseline is None:
+        return None
+    text = str(baseline)
+    if text.startswith("models:/"):
+        name, sep, ref = text.removeprefix("models:/").partition("@")
+        if not sep:
+            name, _, ref = name.partition("/")
+        version = resolve_version(client, name, ref)
+        if version is None:
+            raise ConfigError(f"{text}: no such model version or alias")
+        return evidence_from_version(client, name, version)
+    return evidence_from_dir(baseline, f"baseline {baseline}")
+
+
+def _promote(client, name: str, version: str, old: str | None) -> None:
+    """Both aliases or neither: the second write failing restores the first."""
+    previous_before = resolve_version(client, name, PREVIOUS)
+    if old is not None:
+        client.set_registered_model_alias(name, PREVIOUS, old)
+    try:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    except Exception:
+        if old is not None:
+            if previous_before is None:
+                client.delete_registered_model_alias(name, PREVIOUS)
+            else:
+                client.set_registered_model_alias(name, PREVIOUS, previous_before)
+        raise HLLMError(f"moving {name}@{CHAMPION} to version {version} failed; aliases restored")
+
+
+def _log_decision(client, cfg: ABConfig, result: GateDecision, ab_path: Path) -> str:
+    """An MLflow run holding the gate's inputs, numbers and outcome, for registry reviewers."""
+    experiment = client.get_experiment_by_name(GATE_EXPERIMENT)
+    exp_id = experiment.experiment_id if experiment else client.create_experiment(GATE_EXPERIMENT)
+    run = client.create_run(exp_id, run_name=f"{result.model}-v{result.challenger}-{result.decision}",
+                            tags={"gate.decision": result.decision, "model": result.model,
+                                  "challenger": result.challenger,
+                                  "champion": result.champion or "none"})
+    run_id = run.info.run_id
+    client.log_param(run_id, "ab_config", cfg.name)
+    client.log_param(run_id, "primary_metric", cfg.gate.primary_metric)
+    for check in result.checks:
+        for key, value in check.numbers.items():
+            client.log_metric(run_id, f"{check.name.replace(' ', '_').replace('@', '_at_')}.{key}", value)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "decision.json").write_text(json.dumps(result.to_dict() | {"gate_run_id": run_id},
+                                                            indent=2) + "\n")
+        (Path(tmp) / "rollout_plan.md").write_text(rollout_plan(cfg, result))
+        client.log_artifact(run_id, str(Path(tmp) / "decision.json"))
+        client.log_artifact(run_id, str(Path(tmp) / "rollout_plan.md"))
+        if ab_path.is_file():
+            client.log_artifact(run_id, str(ab_path))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def _tag_version(client, name: str, version: str, result: GateDecision) -> None:
+    client.set_model_version_tag(name, version, "gate.decision", result.decision)
+    client.set_model_version_tag(name, version, "gate.reasons",
+                                 "; ".join(result.reasons)[:4000] or "all checks passed")
+    client.set_model_version_tag(name, version, "gate.run_id", result.gate_run_id)
+    client.set_model_version_tag(name, version, "gate.rollout_plan",
+                                 f"runs:/{result.gate_run_id}/rollout_plan.md")
+
+
+def rollout_plan(cfg: ABConfig, result: GateDecision) -> str:
+    """The ops-facing plan: what moves, how traffic ramps, what to watch, how to undo."""
+    lines = [f"# Rollout plan: {result.model} version {result.challenger}", "",
+             f"Gate decision: **{result.decision}** ({result.decided_at}); experiment "
+             f"`{cfg.name}`, owner {cfg.owner}, layer `{cfg.layer.name}` slice "
+             f"{cfg.layer.slice[0]:g}-{cfg.layer.slice[1]:g}%, {cfg.start} to {cfg.end}.", ""]
+    if not result.promoted:
+        lines += ["Nothing moves. Reasons:", ""] + [f"- {r}" for r in result.reasons] + [""]
+        return "\n".join(lines)
+    control = f"version {result.champion}" if result.champion else "no model (first release)"
+    lines += [f"`{result.model}@champion` now points at version {result.challenger}; the previous "
+              f"champion ({control}) keeps `@{PREVIOUS}`.", "",
+              f"Arms: control {cfg.control} {cfg.allocation['control']:g}%, treatment "
+              f"{cfg.treatment} {cfg.allocation['treatment']:g}%, holdout "
+              f"{cfg.allocation['holdout']:g}%; bucketing by {cfg.bucketing.unit}, salt "
+              f"`{cfg.bucketing.salt}`, {cfg.bucketing.buckets} buckets.", "",
+              "| stage | treatment share | days | advance when |", "|---|---|---|---|"]
+    day = 0
+    for i, stage in enumerate(cfg.ramp, 1):
+        lines.append(f"| {i} | {stage.percent:g}% | {stage.days} (day {day + 1}-{day + stage.days}) "
+                     "| every guardrail held for the whole stage |")
+        day += stage.days
+    lines += ["", "Guardrails (roll back as soon as one is crossed):", ""]
+    for g in cfg.guardrails:
+        limit = " and ".join(x for x in (f"<= {g.max:g}" if g.max is not None else "",
+                                        f">= {g.min:g}" if g.min is not None else "") if x)
+        lines.append(f"- `{g.metric}` {limit}")
+    lines += ["", "Offline evidence:", ""] + [f"- {c.name}: {c.detail}" for c in result.checks]
+    lines += ["", f"Rollback: `hllm rollback --ab-config {cfg.source or 'CONFIG'}` points "
+              f"`@champion` back at `@{PREVIOUS}`.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""The trained recommender as an MLflow pyfunc: item-id histories in, top-k item ids out.
+
+Serving needs only the user tower and the item vectors, so the model carries
+  * config.yaml and the run's best weights (model.safetensors),
+  * item_table.safetensors: every item's vector exactly as evaluation computed it
+    (Item LLM + projection for HLLM, the id embedding for SASRec), so no item text
+    and no Item LLM are needed at serving time,
+  * items.json: the raw item id of each table row,
+  * tower.json: which model, its user tower's transformer config, max history.
+Scoring follows hllm.evaluate step by step (right-padded histories of the last
+`max_history` items, batches of `eval_batch_size`, cosine scores, item 0 and the
+history masked), so a batch of test histories reproduces the run's ranks exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+DEFAULT_K = 10
+
+
+def signature():
+    """Input: `history` (raw item ids, oldest first) and optional per-row `k`."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    inputs = Schema([ColSpec(Array(DataType.string), "history"),
+                     ColSpec(DataType.long, "k", required=False)])
+    outputs = Schema([ColSpec(Array(DataType.string), "item_ids"),
+                      ColSpec(Array(DataType.double), "scores")])
+    params = ParamSchema([ParamSpec("k", DataType.long, DEFAULT_K),
+                          ParamSpec("exclude_history", DataType.boolean, True)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
+                    item_raw_ids: list[str]) -> dict[str, str]:
+    """Files the pyfunc needs, written under `out`; returns MLflow's artifacts mapping."""
+    import torch
+    from safetensors.torch import save_file
+
+    from hllm.models.hllm import HLLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
+    shutil.copyfile(run_dir / "best" / "model.safetensors", out / "model.safetensors")
+    model.eval()
+    with torch.no_grad():
+        table = model.all_item_vectors(len(item_raw_ids) - 1, torch.device("cpu"))
+    save_file({"vectors": table.detach().cpu().contiguous()}, str(out / "item_table.safetensors"))
+    (out / "items.json").write_text(json.dumps({"item_ids": item_raw_ids}))
+    tower: dict[str, Any] = {"model": model_name, "max_history": cfg.data.max_history,
+                             "batch_size": cfg.train.eval_batch_size}
+    if isinstance(model, HLLM):
+        tower["user_llm_config"] = model.user_llm.backbone.config.to_dict()
+    (out / "tower.json").write_text(json.dumps(tower, indent=2, default=str))
+    return {name: str(out / name) for name in
+            ("config.yaml", "model.safetensors", "item_table.safetensors", "items.json", "tower.json")}
+
+
+def _user_tower(tower: dict[str, Any], cfg, weights: dict, num_items: int):
+    """A callable (item_vecs, mask) -> states, rebuilt from the stored config and weights."""
+    import torch
+
+    if tower["model"] == "sasrec":
+        from hllm.models.sasrec import SASRec
+
+        model = SASRec(cfg.sasrec, num_items, cfg.data.max_history + 1,
+                       cfg.train.logit_scale_init, cfg.train.logit_scale_max)
+        model.load_state_dict(weights)
+        return model.eval(), model.user_states
+    from dataclasses import replace
+
+    from hllm.models.user_llm import UserLLM
+
+    arch = {k: v for k, v in tower["user_llm_config"].items()
+            if k not in ("architectures", "transformers_version", "_name_or_path", "dtype",
+                         "torch_dtype", "output_hidden_states", "return_dict")}
+    user_llm = UserLLM(replace(cfg.user_llm, path=None, init="random", arch=arch,
+                               gradient_checkpointing=False))
+    prefix = "user_llm."
+    user_llm.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    user_llm.to(torch.float32)
+    return user_llm.eval(), user_llm
+
+
+class HLLMRecommender(mlflow.pyfunc.PythonModel):
+    """Top-k next items for each history; scores are cosine similarities."""
+
+    def load_context(self, context) -> None:
+        import torch
+        import yaml
+        from safetensors.torch import load_file
+
+        from hllm.config import config_from_dict
+
+        art = context.artifacts
+        saved = yaml.safe_load(Path(art["config.yaml"]).read_text())
+        saved.pop("run", None)
+        cfg = config_from_dict(saved)
+        self.tower_info = json.loads(Path(art["tower.json"]).read_text())
+        self.item_ids: list[str] = json.loads(Path(art["items.json"]).read_text())["item_ids"]
+        self.index = {raw: i for i, raw in enumerate(self.item_ids) if i > 0}
+        self.table = load_file(art["item_table.safetensors"])["vectors"]
+        self.items = torch.nn.functional.normalize(self.table.float(), dim=-1)
+        weights = load_file(art["model.safetensors"])
+        self.module, self.user_states = _user_tower(self.tower_info, cfg, weights,
+                                                    len(self.item_ids) - 1)
+        self.max_history = int(self.tower_info["max_history"])
+        self.batch_size = int(self.tower_info["batch_size"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
+        import torch
+
+        params = params or {}
+        default_k = int(params.get("k", DEFAULT_K))
+        exclude = bool(params.get("exclude_history", True))
+        frame = pd.DataFrame(model_input)
+        if "history" not in frame.columns:
+            raise ValueError("input needs a `history` column: lists of raw item ids")
+        ks = (frame["k"] if "k" in frame.columns else pd.Series([None] * len(frame)))
+        hists = [[self.index[str(i)] for i in list(h) if str(i) in self.index]
+                 for h in frame["history"]]  # unknown (cold-start) ids cannot be scored
+        result_ids: list[list[str]] = [[] for _ in hists]
+        result_scores: list[list[float]] = [[] for _ in hists]
+        rows = [r for r, h in enumerate(hists) if h]
+        with torch.no_grad():
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start: start + self.batch_size]
+                scores = self._scores([hists[r][-self.max_history:] for r in chunk])
+                scores[:, 0] = -torch.inf
+                for b, r in enumerate(chunk):
+                    row = scores[b]
+                    if exclude:
+                        row[torch.as_tensor(hists[r], dtype=torch.long)] = -torch.inf
+                    k = default_k if pd.isna(ks.iloc[r]) else int(ks.iloc[r])
+                    k = min(max(k, 0), int(torch.isfinite(row).sum()))
+                    top = torch.topk(row, k)
+                    result_ids[r] = [self.item_ids[i] for i in top.indices.tolist()]
+                    result_scores[r] = [float(v) for v in top.values.tolist()]
+        return pd.DataFrame({"item_ids": result_ids, "scores": result_scores})
+
+    def _scores(self, hists: list[list[int]]):
+        """(B, N+1) cosine scores, computed exactly as hllm.evaluate.user_ranks does."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(len(h) for h in hists)
+        ids = torch.zeros(len(hists), width, dtype=torch.long)
+        for b, h in enumerate(hists):
+            ids[b, : len(h)] = torch.tensor(h)
+        mask = ids > 0
+        states = self.user_states(self.table[ids], mask)
+        last = mask.sum(1) - 1
+        user_vec = F.normalize(states[torch.arange(len(hists)), last].float(), dim=-1)
+        return user_vec @ self.items.T
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what trained the model; hllm itself travels as code_paths."""
+    from importlib.metadata import version
+
+    pins = ["torch", "transformers", "safetensors", "numpy", "pandas", "pyyaml", "mlflow"]
+    return [f"{name}=={version(name)}" for name in pins]

@@ -1,0 +1,345 @@
+"""Register a trained run in the MLflow Model Registry as the new `challenger`.
+
+    hllm register --run runs/hllm --pipeline-run-id $KFP_RUN_ID
+
+Two registered models come out of one run: NAME (default "hllm"), the recommender as
+a pyfunc (see hllm.pyfunc_model), and ONNX_NAME (default "hllm-item-llm"), the Item
+LLM exported to ONNX for batch item embedding. Both versions carry the same lineage
+tags (hllm.lineage) and get the alias `challenger`; `champion` is never touched: a
+promotion step decides that after comparing the two.
+
+All or nothing. Every input is checked, the model is rebuilt from the run and its
+split is verified against metrics.json before anything is written to MLflow; if a
+later step fails, the versions created by this call are deleted, registered models
+it created are removed and any alias it moved is put back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hllm import lineage, tracking
+from hllm.errors import ConfigError, DataError, HLLMError
+
+log = logging.getLogger(__name__)
+
+ALIAS = "challenger"
+REQUIRED_METRICS = ("recall@10", "ndcg@10", "split_sha256")
+ONNX_FILE = "item_llm.onnx"
+
+
+class RegistryError(HLLMError):
+    """Registration failed after validation; what this call created was rolled back."""
+
+
+@dataclass
+class Registration:
+    run_id: str
+    tags: dict[str, str]
+    versions: list[Any] = field(default_factory=list)  # mlflow ModelVersion, in creation order
+
+
+@dataclass
+class _Prepared:
+    run_dir: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    model_name: str
+    dataset: str
+    artifacts: dict[str, str]
+    onnx_dir: Path | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- checks (no MLflow writes)
+
+def check_run_dir(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """config.yaml with a run section, best weights, metrics.json with test metrics and split hash."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
+    config, metrics, _ = tracking.read_run(run_dir)
+    if not (run_dir / "best" / "model.safetensors").is_file():
+        raise ConfigError(f"{run_dir}: no best/model.safetensors; the run has not finished an "
+                          "epoch, so there is no model to register")
+    if not isinstance(config, dict) or "run" not in config:
+        raise ConfigError(f"{run_dir / 'config.yaml'}: no `run:` section (model, dataset); "
+                          "not written by `hllm train`")
+    missing = [k for k in REQUIRED_METRICS if k not in metrics]
+    if missing:
+        raise ConfigError(f"{run_dir / 'metrics.json'}: missing {', '.join(missing)}; "
+                          "re-run `hllm evaluate --run` to write complete metrics")
+    return config, metrics
+
+
+def resolve_onnx(run_dir: Path, model_name: str, onnx: bool | None,
+                 onnx_dir: str | Path | None) -> Path | None:
+    """The exported Item LLM directory, exporting it when possible; None to skip ONNX.
+
+    onnx=None: register it when it exists or can be exported; True: required; False: skip.
+    """
+    if onnx is False:
+        return None
+    if model_name != "hllm":
+        if onnx:
+            raise ConfigError(f"{run_dir}: a {model_name} run has no Item LLM to export to ONNX")
+        return None
+    if onnx_dir is not None:
+        directory = Path(onnx_dir)
+    elif (run_dir / "onnx" / ONNX_FILE).is_file():
+        directory = run_dir / "onnx"
+    else:
+        try:
+            from hllm.onnx_export import export_item_llm
+        except ImportError as exc:
+            if onnx:
+                raise ConfigError(f"{run_dir}: no onnx/{ONNX_FILE} and hllm.onnx_export cannot be "
+                                  f"imported ({exc}); export first or pass --no-onnx") from exc
+            log.warning("%s: no onnx/%s and no exporter; registering the recommender only",
+                        run_dir, ONNX_FILE)
+            return None
+        directory = Path(export_item_llm(run_dir))
+    if not (directory / ONNX_FILE).is_file():
+        raise ConfigError(f"{directory}: no {ONNX_FILE}; pass the directory written by the ONNX export")
+    return directory
+
+
+def _validation_path(run_dir: Path, validation: str | Path | None) -> Path | None:
+    if validation is not None:
+        path = Path(validation)
+        if path.is_dir():
+            path = path / "validation.json"
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such validation report")
+        return path
+    default = run_dir / "validation.json"
+    return default if default.is_file() else None
+
+
+def _rebuild(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], out: Path):
+    """Rebuild the run's model on CPU, check the split is the evaluated one, write artifacts."""
+    import torch
+
+    from hllm.config import config_from_dict
+    from hllm.distributed import Dist
+    from hllm.item_cache import load_or_compute_item_cache
+    from hllm.models.hllm import HLLM
+    from hllm.pyfunc_model import write_artifacts
+    from hllm.train import build_model, load_split, load_weights
+
+    saved = dict(config)
+    run = saved.pop("run")
+    cfg = config_from_dict(saved)
+    split = load_split(run["dataset"], cfg)
+    if split.fingerprint() != metrics["split_sha256"]:
+        raise DataError(f"{run['dataset']}: the split differs from the one {run_dir} was evaluated "
+                        f"on (split_sha256 {split.fingerprint()[:12]} != "
+                        f"{metrics['split_sha256'][:12]}); the data changed since training")
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, run["model"], split)
+    if isinstance(model, HLLM) and model.item_llm.frozen:
+        load_or_compute_item_cache(model, cfg, torch.device("cpu"), Dist(), progress=False)
+    load_weights(model, run_dir / "best" / "model.safetensors")
+    return write_artifacts(run_dir, out, model, cfg, run["model"], split.item_raw_ids)
+
+
+def prepare(run_dir: Path, workdir: Path, *, onnx: bool | None, onnx_dir: str | Path | None,
+            pipeline_run_id: str | None, validation: str | Path | None,
+            feature_repo: str | Path | None) -> _Prepared:
+    """Everything that can fail on bad input, done before the registry is touched."""
+    config, metrics = check_run_dir(run_dir)
+    model_name, dataset = config["run"].get("model", "hllm"), config["run"].get("dataset", "")
+    validation_file = _validation_path(run_dir, validation)
+    validation_tags = lineage.validation_tags(validation_file) if validation_file else None
+    features = lineage.feature_view_versions(Path(feature_repo)) if feature_repo else None
+    onnx_path = resolve_onnx(run_dir, model_name, onnx, onnx_dir)
+    artifacts = _rebuild(run_dir, config, metrics, workdir / "recommender")
+    prepared = _Prepared(run_dir, config, metrics, model_name, dataset, artifacts, onnx_path)
+    prepared.tags = lineage.lineage_tags(
+        data_hash=lineage.data_sha256(dataset), split_hash=metrics["split_sha256"],
+        code=tracking.code_version(), preset=str(config.get("preset", metrics.get("preset", ""))),
+        model=model_name, mlflow_run_id="", validation=validation_tags, features=features,
+        pipeline_run=lineage.pipeline_run_id(pipeline_run_id),
+        extra={"run_dir": run_dir.resolve(), "test_ndcg_at_10": metrics["ndcg@10"],
+               "test_recall_at_10": metrics["recall@10"]})
+    return prepared
+
+
+# ---------------------------------------------------------------- MLflow writes
+
+def _tracking_uri(run_dir: Path, explicit: str | None) -> str:
+    recorded = tracking.recorded_run(run_dir) or {}
+    uri = tracking.resolve_uri(explicit) or recorded.get("tracking_uri")
+    if not uri:
+        raise ConfigError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def _training_run(client, run_dir: Path, uri: str, experiment: str | None) -> str:
+    """The MLflow run that logged this run dir, or a new one logged now."""
+    recorded = tracking.recorded_run(run_dir) or {}
+    if recorded.get("run_id") and recorded.get("tracking_uri") == uri:
+        try:
+            return client.get_run(recorded["run_id"]).info.run_id
+        except Exception:  # noqa: BLE001 - not on this server (e.g. a fresh store)
+            log.warning("%s: run %s not found on %s; logging the run again", run_dir,
+                        recorded["run_id"], uri)
+    return tracking.log_run(run_dir, uri, experiment)
+
+
+def _code_dir(workdir: Path) -> Path:
+    """A clean copy of the hllm package, shipped with the model so serving needs no install."""
+    target = workdir / "code" / "hllm"
+    shutil.copytree(Path(__file__).resolve().parent, target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def _log_recommender(prep: _Prepared, workdir: Path):
+    import mlflow
+
+    from hllm.pyfunc_model import HLLMRecommender, pip_requirements, signature
+
+    with warnings.catch_warnings():  # the signature is explicit; an example adds a model load
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        return mlflow.pyfunc.log_model(
+            name="recommender", python_model=HLLMRecommender(), artifacts=prep.artifacts,
+            signature=signature(), code_paths=[str(_code_dir(workdir))],
+            pip_requirements=pip_requirements(),
+            metadata={"hllm_run_dir": str(prep.run_dir.resolve())})
+
+
+def _log_onnx(onnx_dir: Path):
+    import mlflow.onnx
+    import onnx
+    from importlib.metadata import version
+
+    model_path = onnx_dir / ONNX_FILE
+    proto = onnx.load(str(model_path), load_external_data=False)
+    external = {entry.value for t in proto.graph.initializer  # weights kept beside the graph
+                for entry in t.external_data if entry.key == "location"}
+    onnx.load_external_data_for_model(proto, str(onnx_dir))
+    extras = [str(p) for p in sorted(onnx_dir.iterdir())
+              if p.name != ONNX_FILE and p.name not in external and not p.name.startswith(".")]
+    meta: dict[str, Any] = {}
+    if (onnx_dir / "export.json").is_file():
+        meta["export"] = json.loads((onnx_dir / "export.json").read_text())
+    runtime = "onnxruntime-gpu" if _installed("onnxruntime-gpu") else "onnxruntime"
+    return mlflow.onnx.log_model(
+        proto, name="item_llm_onnx", extra_files=extras or None, metadata=meta or None,
+        pip_requirements=[f"onnx=={version('onnx')}", f"{runtime}=={version(runtime)}"])
+
+
+def _installed(dist: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(dist)
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+class _Rollback:
+    """Undo log of registry writes, replayed in reverse when a later step fails."""
+
+    def __init__(self, client):
+        self.client = client
+        self.steps: list[tuple[str, Any]] = []
+
+    def ensure_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, description="HLLM (hllm register)")
+            self.steps.append(("model", name))
+
+    def create_version(self, name: str, info, run_id: str, tags: dict[str, str], description: str):
+        version = self.client.create_model_version(
+            name, source=info.model_uri, run_id=run_id, tags=tags, description=description,
+            model_id=info.model_id)
+        self.steps.append(("version", (name, version.version)))
+        return version
+
+    def set_alias(self, name: str, version: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            previous = self.client.get_model_version_by_alias(name, ALIAS).version
+        except MlflowException:
+            previous = None
+        self.client.set_registered_model_alias(name, ALIAS, version)
+        self.steps.append(("alias", (name, previous)))
+
+    def undo(self) -> None:
+        for kind, what in reversed(self.steps):
+            try:
+                if kind == "alias":
+                    name, previous = what
+                    if previous is None:
+                        self.client.delete_registered_model_alias(name, ALIAS)
+                    else:
+                        self.client.set_registered_model_alias(name, ALIAS, previous)
+                elif kind == "version":
+                    self.client.delete_model_version(*what)
+                elif kind == "model":
+                    self.client.delete_registered_model(what)
+            except Exception as exc:  # noqa: BLE001 - keep undoing the rest
+                log.error("rollback step %s %s failed: %s", kind, what, exc)
+
+
+def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-item-llm", *,
+             onnx: bool | None = None, onnx_dir: str | Path | None = None,
+             pipeline_run_id: str | None = None, validation: str | Path | None = None,
+             feature_repo: str | Path | None = None, tracking_uri: str | None = None,
+             experiment: str | None = None) -> Registration:
+    """Register the run's recommender (and its ONNX Item LLM) with alias `challenger`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    run_dir = Path(run_dir)
+    uri = _tracking_uri(run_dir, tracking_uri)
+    tracking.check_server(uri)
+    with tempfile.TemporaryDirectory(prefix="hllm-register-") as tmp:
+        workdir = Path(tmp)
+        prep = prepare(run_dir, workdir, onnx=onnx, onnx_dir=onnx_dir,
+                       pipeline_run_id=pipeline_run_id, validation=validation,
+                       feature_repo=feature_repo)
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        rollback = _Rollback(client)
+        try:
+            run_id = _training_run(client, run_dir, uri, experiment)
+            tags = {**prep.tags, "mlflow_run_id": run_id}
+            targets = [(name, "recommender")] + ([(onnx_name, "onnx")] if prep.onnx_dir else [])
+            with mlflow.start_run(run_id=run_id):
+                infos = {"recommender": _log_recommender(prep, workdir)}
+                if prep.onnx_dir:
+                    infos["onnx"] = _log_onnx(prep.onnx_dir)
+            versions = []
+            for reg_name, kind in targets:
+                rollback.ensure_model(reg_name)
+                what = ("HLLM recommender (pyfunc)" if kind == "recommender"
+                        else "Item LLM (ONNX)")
+                versions.append(rollback.create_version(
+                    reg_name, infos[kind], run_id, tags,
+                    f"{what} from {run_dir.name}: test ndcg@10={prep.metrics['ndcg@10']:.4f}"))
+            for version in versions:  # aliases last: a failure above leaves them untouched
+                rollback.set_alias(version.name, version.version)
+        except BaseException as exc:
+            rollback.undo()
+            if isinstance(exc, HLLMError) or not isinstance(exc, Exception):
+                raise
+            raise RegistryError(f"{run_dir}: registering in MLflow at {uri} failed and was rolled "
+                                f"back: {exc}") from exc
+    for version in versions:
+        log.info("registered %s version %s as %s", version.name, version.version, ALIAS)
+    return Registration(run_id=run_id, tags=tags, versions=versions)

@@ -1,0 +1,155 @@
+"""The promotion gate against a real `mlflow server` (SQLite + S3 artifacts on moto).
+
+Model versions are made the way the registry makes them (a run holding metrics.json and
+test_ranks.npy, a version pointing at it) from rank arrays with known differences, so
+each refusal reason is exercised on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hllm.errors import ConfigError
+from hllm.evaluate import metrics_from_ranks
+from hllm.gate import gate, rollback
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS, ITEMS = 943, 1682
+RNG = np.random.default_rng(0)
+BASE = np.minimum(RNG.geometric(0.02, size=USERS), ITEMS).astype(np.float64)  # champion ranks
+SPLIT = "a" * 64
+
+
+def better(ranks):  # most users' targets move well up the list
+    return np.maximum(1.0, np.floor(ranks / 4))
+
+
+def write_ab(tmp_path: Path, model: str, **gate_overrides) -> Path:
+    raw = yaml.safe_load((ROOT / "configs" / "ab" / "hllm-rollout.yaml").read_text())
+    raw["model"] = model
+    raw["gate"].update({"bootstrap_samples": 500, "absolute": {"ndcg@10": 0.01}}, **gate_overrides)
+    path = tmp_path / f"{model}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def evaluation_dir(tmp_path: Path, ranks: np.ndarray, split: str = SPLIT) -> Path:
+    d = tmp_path / uuid.uuid4().hex[:8]
+    d.mkdir()
+    metrics = {**metrics_from_ranks(ranks), "split_sha256": split}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    np.save(d / "test_ranks.npy", ranks)
+    return d
+
+
+def add_version(client, tmp_path: Path, model: str, ranks: np.ndarray, split: str = SPLIT) -> str:
+    """A registered version whose source run carries the evaluation, as `hllm register` leaves it."""
+    from mlflow.exceptions import MlflowException
+
+    d = evaluation_dir(tmp_path, ranks, split)
+    exp = client.get_experiment_by_name("gate-tests") or None
+    exp_id = exp.experiment_id if exp else client.create_experiment("gate-tests")
+    run = client.create_run(exp_id)
+    for f in ("metrics.json", "test_ranks.npy"):
+        client.log_artifact(run.info.run_id, str(d / f))
+    client.set_terminated(run.info.run_id)
+    try:
+        client.get_registered_model(model)
+    except MlflowException:
+        client.create_registered_model(model)
+    version = client.create_model_version(model, source=f"{run.info.artifact_uri}", run_id=run.info.run_id)
+    client.set_registered_model_alias(model, "challenger", version.version)
+    return version.version
+
+
+def aliases(client, model: str) -> dict[str, str]:
+    return dict(client.get_registered_model(model).aliases)
+
+
+@pytest.fixture
+def registry(mlflow_env, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    model = f"gate-{uuid.uuid4().hex[:8]}"
+    return MlflowClient(mlflow_env), model, write_ab(tmp_path, model)
+
+
+def test_first_model_then_better_challenger_are_promoted_and_rollback_restores(registry, tmp_path):
+    client, model, ab = registry
+    baseline = evaluation_dir(tmp_path, BASE * 2)  # the ID baseline is well behind
+    v1 = add_version(client, tmp_path, model, BASE)
+    first = gate(v1, ab, baseline=baseline, out=tmp_path / "g1")
+    assert first.promoted and first.champion is None, first.reasons
+    assert [c.name for c in first.checks] == ["absolute ndcg@10", "ahead of ID baseline"]
+    assert aliases(client, model) == {"champion": v1, "challenger": v1}
+
+    v2 = add_version(client, tmp_path, model, better(BASE))
+    second = gate("challenger", ab, baseline=baseline, out=tmp_path / "g2")
+    assert second.promoted, second.reasons
+    uplift = second.checks[0]
+    assert uplift.name == "uplift ndcg@10" and uplift.numbers["low"] > 0
+    assert aliases(client, model) == {"champion": v2, "previous-champion": v1, "challenger": v2}
+    # The decision is where registry reviewers look: version tags and a gate run.
+    tags = client.get_model_version(model, v2).tags
+    assert tags["gate.decision"] == "promoted" and tags["gate.reasons"] == "all checks passed"
+    gate_run = client.get_run(tags["gate.run_id"])
+    assert gate_run.data.tags["gate.decision"] == "promoted"
+    assert gate_run.data.metrics["uplift_ndcg_at_10.low"] == pytest.approx(uplift.numbers["low"])
+    plan = (tmp_path / "g2" / "rollout_plan.md").read_text()
+    assert f"now points at version {v2}" in plan and "| 3 | 45% | 7" in plan
+    assert json.loads((tmp_path / "g2" / "gate.json").read_text())["decision"] == "promoted"
+
+    assert rollback(ab) == (v2, v1)
+    assert aliases(client, model) == {"champion": v1, "challenger": v2}
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("worse", "lower end must exceed"),
+    ("within noise", "lower end must exceed"),
+    ("different split", "different split than the champion"),
+    ("behind ID baseline", "must be > 0"),
+])
+def test_refused_challengers_move_nothing(registry, tmp_path, case, reason):
+    client, model, ab = registry
+    v1 = add_version(client, tmp_path, model, BASE)
+    client.set_registered_model_alias(model, "champion", v1)
+    baseline_ranks = BASE * 2
+    if case == "worse":
+        ranks = BASE * 2
+    elif case == "within noise":  # a handful of users a little better: no clear uplift
+        ranks = BASE.copy()
+        ranks[:5] = np.maximum(1, ranks[:5] - 3)
+    elif case == "different split":
+        ranks = better(BASE)
+    else:
+        ranks, baseline_ranks = better(BASE), better(better(BASE))
+    v2 = add_version(client, tmp_path, model, ranks, split="b" * 64 if case == "different split" else SPLIT)
+    before = aliases(client, model)
+    result = gate(v2, ab, baseline=evaluation_dir(tmp_path, baseline_ranks))
+    assert result.decision == "refused"
+    assert any(reason in r for r in result.reasons), result.reasons
+    assert aliases(client, model) == before == {"champion": v1, "challenger": v2}
+    assert client.get_model_version(model, v2).tags["gate.decision"] == "refused"
+
+
+def test_a_pinned_version_that_does_not_exist_is_named(registry, tmp_path):
+    client, model, ab = registry
+    v1 = add_version(client, tmp_path, model, BASE)
+    raw = yaml.safe_load(ab.read_text())
+    raw["treatment"] = {"version": 99}
+    ab.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=rf"treatment.version: model '{model}' has no version 99"):
+        gate(v1, ab)
+    assert aliases(client, model) == {"challenger": v1}
+
+
+def test_rollback_without_a_previous_champion_is_refused(registry):
+    client, model, ab = registry
+    with pytest.raises(ConfigError, match="nothing to roll back to"):
+        rollback(ab)

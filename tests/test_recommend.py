@@ -1,0 +1,83 @@
+"""`hllm recommend` end to end: a registered, gated model served by A/B arm from Feast history."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import synthetic_rows, write_recbole
+from servers import S3_TEST_CREDENTIALS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, mlflow_server_url, s3_endpoint):
+    """A cpu-tiny HLLM: v1 promoted to champion by the gate, v2 registered as challenger."""
+    base = tmp_path_factory.mktemp("served")
+    data = write_recbole(base / "toy", *synthetic_rows())
+    env = {**os.environ, **S3_TEST_CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint,
+           "MLFLOW_TRACKING_URI": mlflow_server_url, "HLLM_CACHE": str(base / "cache")}
+    model = "recommend-tests"
+    ab = base / "ab.yaml"
+    raw = yaml.safe_load((ROOT / "configs" / "ab" / "hllm-rollout.yaml").read_text())
+    raw["model"] = model
+    raw["gate"].update(absolute={"ndcg@10": 0.0}, beat_baseline=False, bootstrap_samples=200)
+    ab.write_text(yaml.safe_dump(raw))
+
+    def hllm(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "hllm.cli", *args], capture_output=True,
+                                text=True, cwd=ROOT, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    run = base / "run"
+    hllm("train", "--preset", "cpu-tiny", "--data", str(data), "--out", str(run),
+         "--set", "train.epochs=1")
+    hllm("register", "--run", str(run), "--name", model, "--no-onnx")
+    gated = hllm("gate", "--challenger", "challenger", "--ab-config", str(ab))
+    assert "promoted" in gated.stdout
+    hllm("register", "--run", str(run), "--name", model, "--no-onnx")
+    hllm("features", "build", "--data", str(data), "--run", str(base / "features"))
+    return {"data": data, "ab": ab, "env": env, "features": base / "features", "hllm": hllm,
+            "model": model, "uri": mlflow_server_url}
+
+
+def test_users_are_routed_by_arm_and_ranked_from_online_history(served, monkeypatch):
+    for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", *S3_TEST_CREDENTIALS):
+        monkeypatch.setenv(key, served["env"][key])
+    from hllm.serving import DatasetHistory, load_model, recommend, top_k
+
+    from_data = DatasetHistory(str(served["data"]))
+    arms = set()
+    for user in ("1", "2", "3", "4", "5", "6", "7", "8"):
+        rec = recommend(user, served["ab"], k=5, feature_repo=served["features"])
+        arms.add(rec.assignment.serve)
+        expected_uri = f"models:/{served['model']}@" + (
+            "challenger" if rec.assignment.serve == "treatment" else "champion")
+        assert rec.model_uri == expected_uri
+        assert rec.history == from_data(user)[-50:]  # the online store holds the latest history
+        assert len(rec.item_ids) == 5 and not set(rec.item_ids) & set(rec.history)
+        assert rec.scores == sorted(rec.scores, reverse=True)
+        # Same answer as asking the registered pyfunc directly.
+        assert (rec.item_ids, pytest.approx(rec.scores)) == top_k(load_model(rec.model_uri), rec.history, 5)
+    assert arms == {"control", "treatment"}
+
+
+def test_cli_prints_json_and_names_unknown_users(served):
+    out = served["hllm"]("recommend", "--user", "3", "--ab-config", str(served["ab"]),
+                         "--data", str(served["data"]), "-k", "3")
+    answer = json.loads(out.stdout)
+    assert answer["user"] == "3" and len(answer["items"]) == 3
+    assert answer["arm"] in ("control", "treatment", "holdout")
+    bad = subprocess.run([sys.executable, "-m", "hllm.cli", "recommend", "--user", "nobody",
+                          "--ab-config", str(served["ab"]), "--data", str(served["data"])],
+                         capture_output=True, text=True, cwd=ROOT, env=served["env"], timeout=300)
+    assert bad.returncode == 2 and "user 'nobody' has no history" in bad.stderr
