@@ -35,6 +35,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/item_batches.py --data $(DATA)
 	$(BIN)/python bench/feature_lookup.py --data $(DATA)
+	$(BIN)/python bench/recommend_latency.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
