@@ -1,0 +1,166 @@
+"""MSRConfig: frozen dataclasses and presets for the multi-scenario (LLM4MSR) slice.
+
+Kept separate from hllm.config.Config because the MSR task (pointwise CTR over
+scenarios) shares no section with the sequential HLLM recommender. The same rules
+hold: presets are functions, YAML files name a `base` preset, unknown keys fail and
+every bad key is reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from hllm.config import SMOLLM2, _coerce, _tiny_llama
+from hllm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MSRDataConfig:
+    """How interactions become multi-scenario CTR rows and a global time split."""
+
+    scenario_rule: str = "genre-group"  # genre-group (ml-100k) | column (table has `scenario`)
+    label_threshold: float = 4.0  # rating >= this is a click (ml-100k: 55.4% positives)
+    train_frac: float = 0.8  # by global time: oldest 80% train, next 10% validation, rest test
+    valid_frac: float = 0.1
+    user_fields: tuple[str, ...] = ("age", "gender", "occupation")  # categorical, when present
+    item_fields: tuple[str, ...] = ("release_year",)
+
+
+@dataclass(frozen=True)
+class MSRModelConfig:
+    """Backbone and meta-network sizes. Small: the meta generator emits d*d weights per layer."""
+
+    backbone: str = "star"  # star | mmoe
+    embed_dim: int = 16  # per field: user, item, scenario, each categorical field
+    hidden: tuple[int, ...] = (64, 32)  # STAR FCN widths / MMoE expert widths; last = d of h
+    dropout: float = 0.1
+    aux_hidden: int = 16  # STAR auxiliary network on the scenario indicator
+    num_experts: int = 4  # MMoE
+    tower_hidden: int = 16  # MMoE per-scenario tower
+    # LLM4MSR meta networks (see hllm.msr.meta for the wiring)
+    meta_hidden: int = 64  # generator MLP width
+    meta_user_layers: int = 1  # user-level meta layers stacked at the bottom
+    meta_scenario_layers: int = 2  # scenario-level meta layers applied in parallel
+    meta_init_scale: float = 0.1  # generated weights start small: LLM4MSR starts near the backbone
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    """The frozen LLM that turns prompts into knowledge vectors."""
+
+    path: str | None = SMOLLM2  # alias, local HF dir or s3:// prefix; None = random `arch`
+    arch: dict[str, Any] = field(default_factory=dict)  # LlamaConfig kwargs when path is None
+    tokenizer: str = "auto"  # auto: the model's own; bytes: UTF-8 bytes (tiny tests)
+    pooling: str = "last"  # last: final hidden state of the last prompt token | mean
+    chat_template: bool = True  # wrap prompts as a user turn (instruct models) when available
+    max_prompt_tokens: int = 384  # prompts are cut from the left-most side of the history
+    batch_size: int = 8
+    items_per_scenario: int = 3  # user prompt: most recent liked and disliked titles per scenario
+    generate_text: bool = False  # also store greedy answers (interpretability); slow on CPU
+    max_new_tokens: int = 64
+    seed: int = 0  # only for random-init models (tests)
+
+
+@dataclass(frozen=True)
+class MSRTrainConfig:
+    epochs: int = 10
+    batch_size: int = 512
+    lr: float = 2e-3  # LLM4MSR README: results are sensitive to the learning rate; search it
+    weight_decay: float = 1e-5
+    patience: int = 2  # epochs without validation AUC improvement
+    eval_batch_size: int = 4096
+    seed: int = 42
+    num_threads: int = 0  # 0 = torch default
+
+
+@dataclass(frozen=True)
+class MSRConfig:
+    preset: str = "custom"
+    data: MSRDataConfig = field(default_factory=MSRDataConfig)
+    model: MSRModelConfig = field(default_factory=MSRModelConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    train: MSRTrainConfig = field(default_factory=MSRTrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def cpu_default() -> MSRConfig:
+    """ml-100k on 2 CPU cores: frozen SmolLM2-135M knowledge, STAR backbone, ~seconds/epoch."""
+    return MSRConfig(preset="cpu-default")
+
+
+def cpu_tiny() -> MSRConfig:
+    """A random 2-layer width-32 Llama and a byte tokenizer: knowledge in milliseconds, for tests."""
+    return MSRConfig(
+        preset="cpu-tiny",
+        model=MSRModelConfig(embed_dim=8, hidden=(32, 16), meta_hidden=32, dropout=0.0),
+        knowledge=KnowledgeConfig(path=None, arch=_tiny_llama(), tokenizer="bytes",
+                                  chat_template=False, max_prompt_tokens=256),
+        train=MSRTrainConfig(epochs=3, batch_size=128, lr=5e-3, patience=2),
+    )
+
+
+PRESETS: dict[str, Callable[[], MSRConfig]] = {"cpu-default": cpu_default, "cpu-tiny": cpu_tiny}
+
+
+def replace(cfg: MSRConfig, overrides: dict[str, Any]) -> MSRConfig:
+    """Dotted-key overrides ({"train.lr": 1e-3}); every bad key reported in one ConfigError."""
+    errors: list[str] = []
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        sub = getattr(cfg, section, None)
+        if not name or not dataclasses.is_dataclass(sub):
+            errors.append(f"'{key}': expected section.key with section one of "
+                          f"{', '.join(f.name for f in dataclasses.fields(MSRConfig) if f.name != 'preset')}")
+            continue
+        names = {f.name for f in dataclasses.fields(sub)}
+        if name not in names:
+            errors.append(f"'{key}': unknown key '{name}' in {section} (known: {', '.join(sorted(names))})")
+            continue
+        try:
+            nested.setdefault(section, {})[name] = _coerce(value, typing.get_type_hints(type(sub))[name])
+        except (TypeError, ValueError) as exc:
+            errors.append(f"'{key}': {exc}")
+    if errors:
+        raise ConfigError("invalid MSR configuration:\n  " + "\n  ".join(errors))
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **v)
+                                       for s, v in nested.items()})
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and not dotted.endswith(".arch"):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def load_msr_config(preset: str | None = None, config_file: str | Path | None = None,
+                    overrides: dict[str, Any] | None = None) -> MSRConfig:
+    """preset <- YAML file <- overrides, as hllm.config.load_config."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        preset = preset or loaded.pop("base", None)
+        loaded.pop("base", None)
+        values = _flatten(loaded)
+    name = preset or "cpu-default"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown MSR preset '{name}' (known: {', '.join(PRESETS)})")
+    return replace(replace(PRESETS[name](), values), overrides or {})

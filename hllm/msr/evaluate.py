@@ -1,0 +1,77 @@
+"""AUC and logloss, per scenario and overall: the metrics LLM4MSR reports (MODELS.md B.4).
+
+AUC is the Mann-Whitney statistic: the probability that a random positive scores above
+a random negative, ties counting one half. It is computed from average ranks, so tied
+scores get the mean of the ranks they span (a model that scores everything alike
+gets exactly 0.5). A split with only one class has no AUC (nan).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from hllm.msr.data import MSRTensors
+
+EPS = 1e-7
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos = int((labels == 1).sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # Average rank (1-based) over each run of equal scores.
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + 1 + e) / 2
+    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = EPS) -> float:
+    """Mean binary cross-entropy; probabilities clipped to [eps, 1 - eps]."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan")
+
+
+def msr_metrics(labels: np.ndarray, probs: np.ndarray, scenarios: np.ndarray,
+                names: list[str]) -> dict[str, float]:
+    """{"auc": overall, "logloss": overall, "auc/<scenario>": ..., "logloss/<scenario>": ...}."""
+    labels, probs, scenarios = map(np.asarray, (labels, probs, scenarios))
+    out = {"auc": auc(labels, probs), "logloss": logloss(labels, probs)}
+    for i, name in enumerate(names):
+        mask = scenarios == i
+        out[f"auc/{name}"] = auc(labels[mask], probs[mask]) if mask.any() else math.nan
+        out[f"logloss/{name}"] = logloss(labels[mask], probs[mask]) if mask.any() else math.nan
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: MSRTensors, device: torch.device | str = "cpu",
+            batch_size: int = 4096) -> np.ndarray:
+    """Click probabilities for every row of `data`, in order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)))
+        batch = {k: v.to(device) for k, v in data.batch(idx).items()}
+        out.append(torch.sigmoid(model(batch)[1]).float().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate_msr(model: nn.Module, data: MSRTensors, names: list[str],
+                 device: torch.device | str = "cpu", batch_size: int = 4096) -> dict[str, float]:
+    probs = predict(model, data, device, batch_size)
+    return msr_metrics(data.label.numpy(), probs, data.scenario.numpy(), names)

@@ -1,0 +1,117 @@
+"""STAR pieces against hand-computed cases; MMoE and LLM4MSR meta networks: shapes and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hllm.msr.backbones import MMoE, STAR, PartitionedNorm, StarLinear
+from hllm.msr.meta import LLM4MSR, MetaLayer, bce_loss
+
+CARDS = {"user": 6, "item": 9, "scenario": 3, "age": 4}
+
+
+def _batch(b: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"user": torch.randint(0, 6, (b,), generator=g), "item": torch.randint(0, 9, (b,), generator=g),
+            "scenario": torch.arange(b) % 3, "fields": torch.randint(0, 4, (b, 1), generator=g),
+            "user_k": torch.randint(0, 5, (b,), generator=g), "label": (torch.arange(b) % 2).float()}
+
+
+def test_star_linear_combines_weights_elementwise():
+    layer = StarLinear(2, 1, num_domains=2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[2.0], [3.0]]))
+        layer.bias.fill_(1.0)
+        layer.weight_p.copy_(torch.tensor([[[1.0], [1.0]], [[0.5], [-1.0]]]))
+        layer.bias_p.copy_(torch.tensor([[0.0], [2.0]]))
+    x = torch.ones(2, 2)
+    # domain 0: 1*2*1 + 1*3*1 + (1+0) = 6; domain 1: 2*0.5 + 3*(-1) + (1+2) = 1
+    out = layer(x, torch.tensor([0, 1]))
+    assert out.squeeze(-1).tolist() == [6.0, 1.0]
+
+
+def test_star_linear_starts_as_the_shared_layer():
+    layer = StarLinear(5, 3, num_domains=4)  # W_p = 1, b_p = 0 at init
+    x = torch.randn(8, 5)
+    shared = x @ layer.weight + layer.bias
+    torch.testing.assert_close(layer(x, torch.arange(8) % 4), shared)
+
+
+def test_partitioned_norm_train_and_eval_hand_computed():
+    pn = PartitionedNorm(1, num_domains=3, momentum=0.1, eps=0.0)
+    with torch.no_grad():
+        pn.gamma.fill_(2.0); pn.beta.fill_(1.0)
+        pn.gamma_p.copy_(torch.tensor([[1.0], [3.0], [1.0]]))
+        pn.beta_p.copy_(torch.tensor([[0.0], [-1.0], [0.0]]))
+    z = torch.tensor([[1.0], [10.0], [3.0], [10.0], [16.0]])
+    dom = torch.tensor([0, 1, 0, 1, 1])
+    out = pn(z, dom).squeeze(-1)
+    # domain 0: mean 2, var 1 -> normed -1, 1 -> 2*1*x + 1 = -1, 3
+    # domain 1: mean 12, biased var 8 -> (-2, -2, 4)/sqrt(8) -> 2*3*x + (1-1)
+    s8 = 8 ** 0.5
+    torch.testing.assert_close(out, torch.tensor([-1.0, -12 / s8, 3.0, -12 / s8, 24 / s8]))
+    # running stats: only domains 0 and 1 move; var uses the unbiased estimate n/(n-1)
+    torch.testing.assert_close(pn.running_mean.squeeze(-1), torch.tensor([0.2, 1.2, 0.0]))
+    torch.testing.assert_close(pn.running_var.squeeze(-1), torch.tensor([0.9 + 0.1 * 2, 0.9 + 0.1 * 12, 1.0]))
+    pn.eval()
+    # eval: domain 0 at its running mean -> normed 0 -> beta + beta_p = 1
+    assert pn(torch.tensor([[0.2]]), torch.tensor([0])).item() == pytest.approx(1.0)
+    # domain 2 never seen: running mean 0, var 1 -> 2*1*5 + 1
+    assert pn(torch.tensor([[5.0]]), torch.tensor([2])).item() == pytest.approx(11.0)
+
+
+def test_star_logit_is_head_plus_auxiliary_scenario_logit():
+    model = STAR(CARDS, ("age",), embed_dim=4, hidden=(8, 4))
+    model.eval()
+    batch = _batch()
+    h, logit = model(batch)
+    assert h.shape == (8, 4) and logit.shape == (8,)
+    aux = model.aux(model.aux_embedding(batch["scenario"])).squeeze(-1)
+    main = model.output(h, batch["scenario"]).squeeze(-1)
+    torch.testing.assert_close(logit, main + aux)
+
+
+def test_mmoe_shapes_and_per_scenario_towers():
+    model = MMoE(CARDS, ("age",), embed_dim=4, hidden=(8, 6), num_experts=3, tower_hidden=5)
+    batch = _batch()
+    h, logit = model(batch)
+    assert h.shape == (8, 6) and logit.shape == (8,)
+    # the same h read by another scenario's tower gives another logit
+    other = dict(batch, scenario=(batch["scenario"] + 1) % 3)
+    assert not torch.allclose(model.head(h, batch), model.head(h, other))
+
+
+def test_meta_layer_shapes():
+    layer = MetaLayer(k_dim=12, d=4, hidden=16)
+    w, b = layer.params(torch.randn(5, 12))
+    assert w.shape == (5, 4, 4) and b.shape == (5, 4)
+    assert layer(torch.randn(5, 4), torch.randn(5, 12)).shape == (5, 4)
+
+
+@pytest.mark.parametrize("backbone_cls", [STAR, MMoE])
+def test_llm4msr_shapes_and_gradients_reach_meta_networks(backbone_cls):
+    torch.manual_seed(0)
+    backbone = backbone_cls(CARDS, ("age",), embed_dim=4, hidden=(8, 6))
+    scen_k, user_k = torch.randn(3, 12), torch.randn(5, 20)
+    model = LLM4MSR(backbone, scen_k, user_k, meta_hidden=16, user_layers=2, scenario_layers=2)
+    batch = _batch()
+    h, logit = model(batch)
+    assert h.shape == (8, 6) and logit.shape == (8,)
+    bce_loss(logit, batch["label"]).backward()
+    for name, p in model.named_parameters():
+        if "meta" in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # knowledge tables are frozen buffers, not parameters
+    assert "user_knowledge" not in dict(model.named_parameters())
+    assert torch.equal(model.user_knowledge, user_k)
+
+
+def test_llm4msr_output_depends_on_the_user_knowledge():
+    torch.manual_seed(0)
+    model = LLM4MSR(STAR(CARDS, ("age",), embed_dim=4, hidden=(8, 6)), torch.randn(3, 12),
+                    torch.randn(5, 20), meta_hidden=16, init_scale=1.0).eval()
+    batch = _batch()
+    a = model(batch)[1]
+    b = model(dict(batch, user_k=(batch["user_k"] + 1) % 5))[1]
+    assert not torch.allclose(a, b)
