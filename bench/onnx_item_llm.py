@@ -121,7 +121,7 @@ def main() -> None:
 
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="onnx-bench-")
     out = Path(args.out) if args.out else Path(tmp.name)  # type: ignore[union-attr]
-    precisions = ["fp32", "fp16", "int8"] if run_dir else ["fp32", "int8"]
+    precisions = ["fp32", "fp16", "int8", "int8-mlp"] if run_dir else ["fp32", "int8", "int8-mlp"]
     t0 = time.perf_counter()
     manifest = export_item_llm_model(model, out, precisions)
     print(f"exported {cfg.item_llm.path or 'random'} ({manifest['model_type']}, pooling "
@@ -131,7 +131,7 @@ def main() -> None:
                       for k, v in manifest["parity_vs_pytorch"].items()))
 
     sessions = {p: session(out / FILES[p], device="cpu", threads=threads)
-                for p in ("fp32", "int8")}
+                for p in ("fp32", "int8", "int8-mlp")}
     lengths = [len(t) for t in items]
     print(f"timing {len(items)} items (mean {np.mean(lengths):.1f} tokens, max {max(lengths)}), "
           f"batch {args.batch_size}, {threads} threads, {args.rounds} rounds "
@@ -147,7 +147,7 @@ def main() -> None:
 
     if run_dir is None:
         return
-    print(f"embedding all {len(all_tokens)} items with fp32, fp16 and int8 graphs ...", flush=True)
+    print(f"embedding all {len(all_tokens)} items with {', '.join(precisions)} graphs ...", flush=True)
     pad = model.tokenizer.pad_id
     tables = {}
     for p in precisions:
@@ -155,7 +155,7 @@ def main() -> None:
         t0 = time.perf_counter()
         tables[p] = onnx_embed(sess, all_tokens, batch_size=args.batch_size, pad_id=pad)
         print(f"  {p} on {sess.get_providers()[0]}: {time.perf_counter() - t0:.0f} s", flush=True)
-    for p in ("fp16", "int8"):
+    for p in ("fp16", "int8", "int8-mlp"):
         print(f"{p} vs fp32 ONNX: max abs diff {np.abs(tables[p] - tables['fp32']).max():.4g} "
               f"(fp32 |x| max {np.abs(tables['fp32']).max():.4g})")
     metrics = recall_with_tables(run_dir, args.data, {"pytorch": None, **tables},

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-onnx", help="export a run's Item LLM (text -> item vector) to ONNX")
     p.add_argument("--run", required=True, help="run directory written by `hllm train --model hllm`")
     p.add_argument("--out", help="output directory (default: RUN/onnx)")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8", "int8-mlp"],
                    help="graphs to write; fp32 is always written (fp16: CUDA EP, int8: CPU)")
     p.set_defaults(func=cmd_export_onnx)
 
