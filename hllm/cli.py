@@ -130,6 +130,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_msr(args: argparse.Namespace) -> int:
+    from hllm.msr.__main__ import main as msr_main
+
+    return msr_main([args.step, *args.rest])
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from hllm.gate import gate
 
@@ -298,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refusal-ok", action="store_true",
                    help="exit 0 when refused (the decision is still logged; for pipelines)")
     p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("msr", help="LLM4MSR multi-scenario CTR: stats | knowledge | compare",
+                       add_help=False)
+    p.add_argument("step", choices=("stats", "knowledge", "compare"))
+    p.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="--data PATH [--config YAML] [--backbones star,mmoe] [--out JSON]")
+    p.set_defaults(func=cmd_msr)
 
     p = sub.add_parser("rollback", help="point champion back at the previous champion")
     p.add_argument("--ab-config", required=True, help="A/B experiment YAML naming the model")

@@ -73,3 +73,15 @@ def test_features_commands_report_bad_input_in_one_line(tmp_path, toy_data):
     new.write_text("item_id,title\nn1,Fresh\n")
     added = hllm("features", "add-items", str(new), "--run", str(tmp_path / "run"))
     assert added.returncode == 2 and "no feature repo built by `hllm features build`" in added.stderr
+
+
+def test_msr_stats_through_the_cli(tmp_path):
+    from conftest import ML100K
+
+    result = hllm("msr", "stats", "--data", str(ML100K))
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    totals = {row[0]: int(row[2]) for row in lines if len(row) == 6 and row[1] == "all"}
+    assert totals == {"train": 80_000, "valid": 10_000, "test": 10_000}
+    missing = hllm("msr", "stats", "--data", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no such file or directory" in missing.stderr

@@ -4,7 +4,7 @@
     python -m hllm.msr knowledge --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml
     python -m hllm.msr compare --data ../shared/data/ml-100k --backbones star,mmoe --out runs/msr.json
 
-Meant to become `hllm msr ...` subcommands once hllm/cli.py wires them in.
+Also reachable as `hllm msr <step> ...`.
 """
 
 from __future__ import annotations
