@@ -2,8 +2,9 @@
 
 Reads like the Feast local template, top-down. The Parquet files under data/ are written
 by `hllm features build`; the item-embedding view is fed by the Item LLM (batch, and a
-push source for cold-start items). Multi-scenario knowledge vectors (LLM4MSR) will get
-their own views beside these.
+push source for cold-start items). LLM4MSR's knowledge vectors (a frozen LLM's reading
+of each scenario and of each user's cross-scenario behaviour) have their own views,
+computed offline once and pushed by `hllm msr knowledge --feature-repo`.
 """
 
 from datetime import timedelta
@@ -51,3 +52,28 @@ user_history = FeatureView(
 
 # What serving reads for one request: the user's history plus item vectors.
 recommend_v1 = FeatureService(name="recommend_v1", features=[user_history])
+
+# A scenario of multi-scenario recommendation (LLM4MSR), keyed by its name.
+scenario = Entity(name="scenario", join_keys=["scenario"], value_type=ValueType.STRING,
+                  description="recommendation scenario (LLM4MSR)")
+
+# Knowledge vectors from the frozen LLM: one per scenario, one per user. Written once
+# offline (the LLM never runs at request time) through the push sources.
+scenario_knowledge_source = FileSource(name="scenario_knowledge_source",
+                                       path="data/scenario_knowledge.parquet",
+                                       timestamp_field="event_timestamp")
+scenario_knowledge_push = PushSource(name="scenario_knowledge_push",
+                                     batch_source=scenario_knowledge_source)
+scenario_knowledge = FeatureView(
+    name="scenario_knowledge", entities=[scenario], ttl=timedelta(0), online=True,
+    source=scenario_knowledge_push,
+    schema=[Field(name="vector", dtype=Array(Float32), description="LLM hidden state")])
+
+user_knowledge_source = FileSource(name="user_knowledge_source", path="data/user_knowledge.parquet",
+                                   timestamp_field="event_timestamp")
+user_knowledge_push = PushSource(name="user_knowledge_push", batch_source=user_knowledge_source)
+user_knowledge = FeatureView(
+    name="user_knowledge", entities=[user], ttl=timedelta(0), online=True,
+    source=user_knowledge_push,
+    schema=[Field(name="vector", dtype=Array(Float32), description="LLM hidden state"),
+            Field(name="text", dtype=String, description="generated summary, when enabled")])

@@ -96,6 +96,37 @@ def item_embedding_table(item_ids: list[str], embeddings: np.ndarray | None, as_
                      "event_timestamp": pa.array(_ts(np.full(len(ids), as_of)), pa.timestamp("s", "UTC"))})
 
 
+def knowledge_table(key: str, ids: list[str], vectors: np.ndarray | None, as_of: int,
+                    texts: dict[str, str] | None = None) -> pa.Table:
+    """LLM4MSR knowledge vectors (scenario or user), typed so an empty table has a schema."""
+    vecs = [] if vectors is None else [row.astype(np.float32).tolist() for row in vectors]
+    columns = {key: pa.array(ids, pa.string()), "vector": pa.array(vecs, pa.list_(pa.float32()))}
+    if key == "user_id":
+        columns["text"] = pa.array([(texts or {}).get(i, "") for i in ids], pa.string())
+    columns["event_timestamp"] = pa.array(_ts(np.full(len(ids), as_of)), pa.timestamp("s", "UTC"))
+    return pa.table(columns)
+
+
+def push_knowledge(repo: str | Path, scenarios: tuple[list[str], np.ndarray],
+                   users: tuple[list[str], np.ndarray],
+                   user_texts: dict[str, str] | None = None) -> dict[str, int]:
+    """Write LLM4MSR knowledge vectors online and offline; serving then never runs the LLM."""
+    os.environ.setdefault("FEAST_USAGE", "False")
+    from feast import FeatureStore
+    from feast.data_source import PushMode
+
+    repo = feature_repo_dir(repo)
+    store = FeatureStore(repo_path=str(repo))
+    now = int(time.time())
+    for (ids, vectors), key, source in ((scenarios, "scenario", "scenario_knowledge_push"),
+                                        (users, "user_id", "user_knowledge_push")):
+        if len(ids) != len(vectors):
+            raise DataError(f"{source}: {len(vectors)} vectors for {len(ids)} keys")
+        table = knowledge_table(key, [str(i) for i in ids], np.asarray(vectors), now, user_texts)
+        store.push(source, table.to_pandas(), to=PushMode.ONLINE_AND_OFFLINE)
+    return {"scenario_knowledge": len(scenarios[0]), "user_knowledge": len(users[0])}
+
+
 def user_history_table(raw: RawData, max_len: int) -> pd.DataFrame:
     """One row per event: the user's last `max_len` items up to and including that event."""
     inter = time_ordered(raw.interactions[["user_id", "item_id", "timestamp"]])
@@ -189,6 +220,8 @@ def _write_repo(raw: RawData, repo: Path, max_history: int, embeddings: np.ndarr
     pq.write_table(emb, repo / "data" / "item_embedding.parquet")
     history = user_history_table(raw, max_history)
     history.to_parquet(repo / "data" / "user_history.parquet", index=False)
+    for key, name in (("scenario", "scenario_knowledge"), ("user_id", "user_knowledge")):
+        pq.write_table(knowledge_table(key, [], None, first), repo / "data" / f"{name}.parquet")
     store = FeatureStore(repo_path=str(repo))
     _apply(store, repo)
     end = datetime.fromtimestamp(int(raw.interactions["timestamp"].max()) + 1, tz=timezone.utc)

@@ -177,3 +177,25 @@ def test_add_items_rejects_items_without_text(tmp_path, toy_data):
     with pytest.raises(DataError, match=r"new.csv: data row 2 has no text"):
         add_items(str(new), tmp_path / "run")
     assert snapshot(result.repo) == before
+
+
+def test_llm4msr_knowledge_vectors_are_served_from_the_online_store(tmp_path):
+    from hllm.features import push_knowledge
+
+    result = build(tmp_path)
+    scen = (["family", "action"], np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32))
+    users = (["1", "2"], np.array([[0.5, 0.25, 0], [1, 1, 1]], dtype=np.float32))
+    counts = push_knowledge(tmp_path / "run", scen, users, user_texts={"1": "likes family films"})
+    assert counts == {"scenario_knowledge": 2, "user_knowledge": 2}
+    store = FeatureStore(repo_path=str(result.repo))
+    got = store.get_online_features(features=["scenario_knowledge:vector"],
+                                    entity_rows=[{"scenario": "action"}]).to_dict()
+    np.testing.assert_allclose(got["vector"][0], [4, 5, 6])
+    got = store.get_online_features(features=["user_knowledge:vector", "user_knowledge:text"],
+                                    entity_rows=[{"user_id": "1"}, {"user_id": "2"}]).to_dict()
+    np.testing.assert_allclose(got["vector"][0], [0.5, 0.25, 0])
+    assert got["text"] == ["likes family films", ""]
+    offline = pd.read_parquet(result.repo / "data" / "user_knowledge.parquet")
+    assert sorted(offline["user_id"]) == ["1", "2"]
+    with pytest.raises(DataError, match="1 vectors for 2 keys"):
+        push_knowledge(tmp_path / "run", (["a", "b"], np.ones((1, 3))), users)
