@@ -85,3 +85,22 @@ def test_msr_stats_through_the_cli(tmp_path):
     assert totals == {"train": 80_000, "valid": 10_000, "test": 10_000}
     missing = hllm("msr", "stats", "--data", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+
+
+def test_msr_knowledge_is_pushed_to_the_feature_repo(tmp_path):
+    from feast import FeatureStore
+
+    from conftest import ML100K
+    from hllm.features import build_features
+
+    repo = build_features(str(ML100K), tmp_path / "run").repo
+    result = hllm("msr", "knowledge", "--data", str(ML100K), "--preset", "cpu-tiny",
+                  "--feature-repo", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert '"user_knowledge": 943' in result.stdout
+    got = FeatureStore(repo_path=str(repo)).get_online_features(
+        features=["user_knowledge:vector", "scenario_knowledge:vector"],
+        entity_rows=[{"user_id": "196", "scenario": "family"}], full_feature_names=True).to_dict()
+    for view in ("user_knowledge", "scenario_knowledge"):
+        vector = got[f"{view}__vector"][0]
+        assert len(vector) == 32 and all(v == v for v in vector)  # cpu-tiny LLM width, no NaN

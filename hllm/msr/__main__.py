@@ -1,7 +1,8 @@
 """`python -m hllm.msr <stats|knowledge|compare>`: the MSR steps without touching hllm/cli.py.
 
     python -m hllm.msr stats --data ../shared/data/ml-100k
-    python -m hllm.msr knowledge --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml
+    python -m hllm.msr knowledge --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml \
+        --feature-repo runs/features    # vectors also served from Feast
     python -m hllm.msr compare --data ../shared/data/ml-100k --backbones star,mmoe --out runs/msr.json
 
 Also reachable as `hllm msr <step> ...`.
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", default=None, help="comma list, e.g. star,mmoe")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="write the result JSON here")
+    parser.add_argument("--feature-repo", default=None,
+                        help="knowledge: also push the vectors to this Feast repo (RUN or RUN/feature_repo)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -43,8 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.step == "knowledge":
             from hllm.msr.knowledge import build_knowledge
 
-            scen, users = build_knowledge(rows, encode(rows), cfg.knowledge, device=args.device)
+            enc = encode(rows)
+            scen, users = build_knowledge(rows, enc, cfg.knowledge, device=args.device)
             result = {"scenario": vars(scen.stats), "user": vars(users.stats)}
+            if args.feature_repo:
+                from hllm.features import push_knowledge
+
+                result["feature_repo"] = push_knowledge(
+                    args.feature_repo, (scen.keys, scen.vectors.numpy()),
+                    (users.keys, users.vectors.numpy()), users.texts)
         else:
             from hllm.msr.train import compare
 
