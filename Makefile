@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/feature_lookup.py --data $(DATA)
 	$(BIN)/python bench/recommend_latency.py --data $(DATA)
 	$(BIN)/python bench/onnx_item_llm.py --data $(DATA)
+	$(BIN)/python bench/msr_latency.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
