@@ -64,8 +64,8 @@ def _isolated_item_cache(tmp_path, monkeypatch):
     models = Path(os.environ.get("HLLM_CACHE", Path.home() / ".cache" / "hllm")) / "models"
     cache = tmp_path / "hllm-cache"
     cache.mkdir()
-    if models.exists():
-        (cache / "models").symlink_to(models)
+    models.mkdir(parents=True, exist_ok=True)  # a conversion made by one test serves all
+    (cache / "models").symlink_to(models)
     monkeypatch.setenv("HLLM_CACHE", str(cache))
 
 

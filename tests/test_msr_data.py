@@ -9,7 +9,6 @@ from conftest import ML100K
 from hllm.errors import DataError
 from hllm.msr.data import check_msr_rows, encode, genre_scenario, load_rows, scenario_stats
 
-pytestmark = pytest.mark.skipif(not (ML100K / "ml-100k.inter").is_file(), reason="ml-100k not present")
 
 
 @pytest.fixture(scope="module")

@@ -107,10 +107,7 @@ def test_scenario_prompts_describe_every_scenario():
 
 def test_smollm2_two_prompts_deterministic_with_chat_template():
     from hllm.models.pretrained import SMOLLM2_ALIASES
-    from hllm import storage
 
-    if not (storage.cache_root() / "models" / "smollm2-135m-instruct" / "config.json").is_file():
-        pytest.skip("SmolLM2 not converted in the shared cache")
     cfg = dataclasses.replace(cpu_tiny().knowledge, path=next(iter(sorted(SMOLLM2_ALIASES))),
                               arch={}, tokenizer="auto", chat_template=True, batch_size=2)
     llm = K.FrozenLLM(cfg)

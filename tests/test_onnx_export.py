@@ -179,8 +179,6 @@ def test_run_without_item_llm_weights_is_rejected(tmp_path):
 def smollm2_ml100k(tmp_path_factory):
     """cpu-default Item LLM (pretrained SmolLM2, mean pooling) exported once, and one
     PyTorch pass over every ml-100k item (the production encode_all path)."""
-    if not ML100K.exists():
-        pytest.skip(f"{ML100K} not present")
     from hllm.train import load_split
 
     cfg = cpu_default()
