@@ -327,20 +327,25 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def read_config_file(config_file: str | Path) -> tuple[str | None, dict[str, Any]]:
+    """A YAML config file as (its `base` preset, its values flattened to dotted keys)."""
+    path = Path(config_file)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = loaded.pop("base", None)
+    return base, _flatten(loaded)
+
+
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
     """Resolve preset <- YAML file <- --set overrides, in that order."""
     file_values: dict[str, Any] = {}
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        base = loaded.pop("base", None)
+        base, file_values = read_config_file(config_file)
         preset = preset or base
-        file_values = _flatten(loaded)
     name = preset or "cpu-default"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")

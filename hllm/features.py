@@ -242,36 +242,20 @@ def feature_repo_dir(path: str | Path) -> Path:
 
 
 def load_item_llm(preset: str | None = None, model_run: str | Path | None = None):
-    """The Item LLM of a preset (frozen/pretrained) or of a trained run (its best weights)."""
+    """The Item LLM of a trained run (its best weights) or of a preset (frozen/pretrained)."""
     import torch
-    import yaml
-    from safetensors.torch import load_file
 
-    from hllm.config import config_from_dict, load_config
+    from hllm.config import load_config
     from hllm.models.item_llm import ItemLLM
+    from hllm.onnx_export import load_run_item_llm
 
     if model_run is not None:
-        run = Path(model_run)
-        weights = run / "best" / "model.safetensors"
-        if not (run / "config.yaml").is_file() or not weights.is_file():
-            raise ConfigError(f"{run}: not a finished HLLM run (needs config.yaml and {weights.name})")
-        saved = yaml.safe_load((run / "config.yaml").read_text())
-        if saved.pop("run", {}).get("model") != "hllm":
-            raise ConfigError(f"{run}: not an HLLM run; only HLLM has an Item LLM")
-        cfg = config_from_dict(saved)
-    elif preset is not None:
-        cfg = load_config(preset)
-    else:
+        return load_run_item_llm(model_run)[1]
+    if preset is None:
         raise ConfigError("name the Item LLM: a preset (--embed-preset) or a trained run (--model-run)")
+    cfg = load_config(preset)
     torch.manual_seed(cfg.train.seed)  # the same random init as the HLLM built from this config
-    model = ItemLLM(cfg.item_llm)
-    if model_run is not None:
-        state = {k.removeprefix("item_llm."): v for k, v in load_file(str(weights)).items()
-                 if k.startswith("item_llm.")}
-        _, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ConfigError(f"{weights}: Item LLM weights do not match ({unexpected[:3]})")
-    return model.eval()
+    return ItemLLM(cfg.item_llm).eval()
 
 
 def add_items(items_file: str, repo: str | Path, embed_preset: str | None = None,

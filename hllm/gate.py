@@ -255,9 +255,9 @@ def rollback(ab_config: str | Path, tracking_uri: str | None = None) -> tuple[st
 # ---------------------------------------------------------------- helpers
 
 def _tracking_uri(explicit: str | None) -> str:
-    import os
+    from hllm.tracking import resolve_uri
 
-    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = resolve_uri(explicit)
     if not uri:
         raise ConfigError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
     return uri

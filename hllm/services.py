@@ -92,12 +92,18 @@ def _server(cmd: list[str], health: str, log_path: Path, env: dict[str, str],
 
 
 @contextmanager
-def s3_server(workdir: Path) -> Iterator[str]:
-    """moto's S3-compatible server; yields its endpoint URL."""
+def s3_server(workdir: Path, auth: bool = False) -> Iterator[str]:
+    """moto's S3-compatible server; yields its endpoint URL.
+
+    auth=True makes moto check credentials from the first request (to exercise
+    access-denied paths); the embedded default accepts any key.
+    """
     port = free_port()
     url = f"http://{HOST}:{port}"
     cmd = [_venv_bin("moto_server"), "-H", HOST, "-p", str(port)]
-    with _server(cmd, url + "/moto-api/", workdir / "moto.log", dict(os.environ), workdir, 60):
+    env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if auth else {})}
+    log = workdir / ("moto-auth.log" if auth else "moto.log")
+    with _server(cmd, url + "/moto-api/", log, env, workdir, 60):
         yield url
 
 

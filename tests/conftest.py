@@ -80,10 +80,11 @@ def s3_endpoint(tmp_path_factory):
 
 @pytest.fixture
 def s3_env(s3_endpoint, monkeypatch):
+    from servers import S3_TEST_CREDENTIALS
+
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    for key, value in S3_TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
     return s3_endpoint
 
 

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from hllm.config import SMOLLM2, _coerce, _tiny_llama
+from hllm.config import SMOLLM2, _coerce, _tiny_llama, read_config_file
 from hllm.errors import ConfigError
 
 
@@ -135,31 +133,13 @@ def replace(cfg: MSRConfig, overrides: dict[str, Any]) -> MSRConfig:
                                        for s, v in nested.items()})
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and not dotted.endswith(".arch"):
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
 def load_msr_config(preset: str | None = None, config_file: str | Path | None = None,
                     overrides: dict[str, Any] | None = None) -> MSRConfig:
     """preset <- YAML file <- overrides, as hllm.config.load_config."""
     values: dict[str, Any] = {}
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        preset = preset or loaded.pop("base", None)
-        loaded.pop("base", None)
-        values = _flatten(loaded)
+        base, values = read_config_file(config_file)
+        preset = preset or base
     name = preset or "cpu-default"
     if name not in PRESETS:
         raise ConfigError(f"unknown MSR preset '{name}' (known: {', '.join(PRESETS)})")
