@@ -136,6 +136,15 @@ def cmd_msr(args: argparse.Namespace) -> int:
     return msr_main([args.step, *args.rest])
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from hllm.msr.explain import explain
+
+    result = explain(args.run, args.user, feature_repo=args.feature_repo,
+                     generate=not args.no_generate, max_new_tokens=args.max_new_tokens)
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result.render())
+    return 0
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from hllm.gate import gate
 
@@ -305,12 +314,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 when refused (the decision is still logged; for pipelines)")
     p.set_defaults(func=cmd_gate)
 
-    p = sub.add_parser("msr", help="LLM4MSR multi-scenario CTR: stats | knowledge | compare",
+    from hllm.msr.__main__ import STEPS as MSR_STEPS
+
+    p = sub.add_parser("msr", help=f"LLM4MSR multi-scenario CTR: {' | '.join(MSR_STEPS)}",
                        add_help=False)
-    p.add_argument("step", choices=("stats", "knowledge", "compare"))
+    p.add_argument("step", choices=MSR_STEPS)
     p.add_argument("rest", nargs=argparse.REMAINDER,
-                   help="--data PATH [--config YAML] [--backbones star,mmoe] [--out JSON]")
+                   help="--data PATH [--config YAML] [--out DIR] ... (hllm msr STEP --help)")
     p.set_defaults(func=cmd_msr)
+
+    p = sub.add_parser("explain", help="LLM4MSR: a user's knowledge summary and which meta layer weighed most")
+    p.add_argument("--user", required=True, help="raw user id")
+    p.add_argument("--run", required=True, help="run directory from `hllm msr train` (with LLM4MSR)")
+    p.add_argument("--feature-repo", help="read the stored knowledge text from this Feast repo")
+    p.add_argument("--no-generate", action="store_true",
+                   help="do not run the LLM when no stored text exists")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("rollback", help="point champion back at the previous champion")
     p.add_argument("--ab-config", required=True, help="A/B experiment YAML naming the model")

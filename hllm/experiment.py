@@ -68,8 +68,14 @@ class Guardrail:
     min: float | None = None
 
 
+TASKS = ("ranking", "ctr")
+
+
 @dataclass(frozen=True)
 class GateConfig:
+    # ranking: full-ranking metrics over users (HLLM); ctr: AUC/logloss over rows, checked
+    # overall and per scenario (LLM4MSR). Decides which evidence the gate reads.
+    task: str = "ranking"
     primary_metric: str = "ndcg@10"
     # Required uplift over the champion per metric (absolute). For the primary metric
     # the lower end of the bootstrap interval must clear it; others must not fall below
@@ -162,6 +168,8 @@ def parse_ab_config(raw: dict[str, Any], source: str = "<dict>") -> ABConfig:
             errors.append(f"guardrails[{i}] ({g.metric}): give a max or a min limit")
     gate = sub("gate", GateConfig, raw.get("gate") or {})
     if gate is not None:
+        if gate.task not in TASKS:
+            errors.append(f"gate.task: one of {', '.join(TASKS)}, got {gate.task!r}")
         if gate.primary_metric not in gate.min_uplift:
             errors.append(f"gate.min_uplift: no entry for the primary metric {gate.primary_metric!r}")
         if not 0.5 < gate.confidence < 1:

@@ -46,7 +46,8 @@ class Evidence:
 
     label: str
     metrics: dict[str, Any]
-    ranks: np.ndarray
+    ranks: np.ndarray | None = None  # ranking task: per-user rank of the held-out item
+    predictions: dict[str, np.ndarray] | None = None  # ctr task: label, probability, scenario per row
 
     @property
     def split(self) -> str:
@@ -83,31 +84,42 @@ class GateDecision:
 
 # ---------------------------------------------------------------- evidence
 
-def evidence_from_dir(path: str | Path, label: str | None = None) -> Evidence:
-    """A run directory (or a directory holding metrics.json and test_ranks.npy)."""
+# What each task's evidence is made of, and who writes it.
+EVIDENCE_FILES = {
+    "ranking": ("test_ranks.npy", "per-user test_ranks.npy (written by `hllm train`/`hllm evaluate`)"),
+    "ctr": ("test_predictions.npz", "per-row test_predictions.npz (written by `hllm msr train`)"),
+}
+
+
+def evidence_from_dir(path: str | Path, label: str | None = None, task: str = "ranking") -> Evidence:
+    """A run directory (or a directory holding metrics.json and the task's per-unit file)."""
     path = Path(path)
-    metrics_file, ranks_file = path / "metrics.json", path / "test_ranks.npy"
-    for f in (metrics_file, ranks_file):
+    name, writer = EVIDENCE_FILES[task]
+    metrics_file, unit_file = path / "metrics.json", path / name
+    for f in (metrics_file, unit_file):
         if not f.is_file():
-            raise ConfigError(f"{f}: missing; the gate needs the evaluation's metrics.json and "
-                              "per-user test_ranks.npy (written by `hllm train`/`hllm evaluate`)")
-    return Evidence(label or str(path), json.loads(metrics_file.read_text()),
-                    np.load(ranks_file, allow_pickle=False))
+            raise ConfigError(f"{f}: missing; the gate needs the evaluation's metrics.json and {writer}")
+    metrics = json.loads(metrics_file.read_text())
+    if task == "ctr":
+        with np.load(unit_file, allow_pickle=False) as z:
+            return Evidence(label or str(path), metrics, predictions={k: z[k] for k in z.files})
+    return Evidence(label or str(path), metrics, ranks=np.load(unit_file, allow_pickle=False))
 
 
-def evidence_from_version(client, name: str, version: str) -> Evidence:
+def evidence_from_version(client, name: str, version: str, task: str = "ranking") -> Evidence:
     run_id = client.get_model_version(name, version).run_id
     if not run_id:
         raise ConfigError(f"model {name} version {version} has no source run; register it with "
                           "`hllm register` so its evaluation travels with it")
+    unit_file = EVIDENCE_FILES[task][0]
     with tempfile.TemporaryDirectory(prefix="hllm-gate-") as tmp:
         try:
-            for artifact in ("metrics.json", "test_ranks.npy"):
+            for artifact in ("metrics.json", unit_file):
                 client.download_artifacts(run_id, artifact, tmp)
         except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds here
             raise ConfigError(f"model {name} version {version} (run {run_id}): cannot read its "
-                              f"metrics.json/test_ranks.npy artifacts: {exc}") from exc
-        return evidence_from_dir(tmp, f"{name} v{version}")
+                              f"metrics.json/{unit_file} artifacts: {exc}") from exc
+        return evidence_from_dir(tmp, f"{name} v{version}", task)
 
 
 def resolve_version(client, name: str, ref: str) -> str | None:
@@ -141,6 +153,10 @@ def check_models(cfg: ABConfig, client) -> None:
 def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
            baseline: Evidence | None) -> list[Check]:
     """Every check the gate applies, in order; pure (no registry access)."""
+    if cfg.gate.task == "ctr":
+        from hllm.msr.gate_checks import decide_ctr
+
+        return decide_ctr(cfg, challenger, champion, baseline)
     g = cfg.gate
     primary = g.primary_metric
     checks: list[Check] = []
@@ -209,12 +225,13 @@ def gate(challenger: str, ab_config: str | Path, baseline: str | Path | None = N
     version = resolve_version(client, name, challenger)
     if version is None:
         raise ConfigError(f"model {name!r} has no alias {challenger!r}")
-    chal = evidence_from_version(client, name, version)
+    task = cfg.gate.task
+    chal = evidence_from_version(client, name, version, task)
     champ_version = resolve_version(client, name, CHAMPION)
     if champ_version == version:
         raise ConfigError(f"{name} version {version} is already the champion")
-    champ = evidence_from_version(client, name, champ_version) if champ_version else None
-    base = _baseline(client, baseline)
+    champ = evidence_from_version(client, name, champ_version, task) if champ_version else None
+    base = _baseline(client, baseline, task)
     checks = decide(cfg, chal, champ, base)
     reasons = [c.detail for c in checks if not c.passed]
     result = GateDecision("promoted" if not reasons else "refused", name, version, champ_version,
@@ -263,7 +280,7 @@ def _tracking_uri(explicit: str | None) -> str:
     return uri
 
 
-def _baseline(client, baseline: str | Path | None) -> Evidence | None:
+def _baseline(client, baseline: str | Path | None, task: str = "ranking") -> Evidence | None:
     """A run directory, or `models:/NAME/VERSION` / `models:/NAME@ALIAS` in the registry."""
     if baseline is None:
         return None
@@ -275,8 +292,8 @@ def _baseline(client, baseline: str | Path | None) -> Evidence | None:
         version = resolve_version(client, name, ref)
         if version is None:
             raise ConfigError(f"{text}: no such model version or alias")
-        return evidence_from_version(client, name, version)
-    return evidence_from_dir(baseline, f"baseline {baseline}")
+        return evidence_from_version(client, name, version, task)
+    return evidence_from_dir(baseline, f"baseline {baseline}", task)
 
 
 def _promote(client, name: str, version: str, old: str | None) -> None:

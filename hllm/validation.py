@@ -173,9 +173,6 @@ def _check_from_result(table: str, result: Any, cfg: ValidationConfig) -> Check:
 def validate_dataset(data: str, out: str | Path | None = None,
                      cfg: ValidationConfig = ValidationConfig()) -> ValidationReport:
     """Validate the dataset at `data`; write validation.json/.html under `out` when given."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # never phone home
-    import great_expectations as gx
-
     t0 = time.perf_counter()
     try:
         root = storage.local_path(data)
@@ -192,16 +189,28 @@ def validate_dataset(data: str, out: str | Path | None = None,
         if out is not None:
             write_report(report, Path(out))
         return report
-    checks: list[Check] = []
     if "timestamp" in inter:
         inter["timestamp_value"] = pd.to_numeric(inter["timestamp"], errors="coerce")
+    checks, rows = run_suites(_suites(inter, items, cfg), cfg)
+    report = ValidationReport(all(c.success for c in checks), str(data), files, rows, checks,
+                              time.perf_counter() - t0)
+    if out is not None:
+        write_report(report, Path(out))
+    return report
+
+
+def run_suites(suites, cfg: ValidationConfig) -> tuple[list[Check], dict[str, int]]:
+    """Run (table, frame, expectations) suites through an ephemeral GX context."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # never phone home
+    import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas("hllm")
-    rows = {}
-    for table, frame, expectations in _suites(inter, items, cfg):
+    checks: list[Check] = []
+    rows: dict[str, int] = {}
+    for table, frame, expectations in suites:
         rows[table] = len(frame)
         suite = context.suites.add(gx.ExpectationSuite(name=table, expectations=expectations))
         batch = (source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("all")
@@ -209,11 +218,7 @@ def validate_dataset(data: str, out: str | Path | None = None,
         result = batch.validate(suite, result_format={"result_format": "COMPLETE",
                                                       "partial_unexpected_count": cfg.sample_rows})
         checks += [_check_from_result(table, r, cfg) for r in result.results]
-    report = ValidationReport(all(c.success for c in checks), str(data), files, rows, checks,
-                              time.perf_counter() - t0)
-    if out is not None:
-        write_report(report, Path(out))
-    return report
+    return checks, rows
 
 
 def write_report(report: ValidationReport, out: Path) -> None:

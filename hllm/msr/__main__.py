@@ -1,11 +1,13 @@
-"""`python -m hllm.msr <stats|knowledge|compare>`: the MSR steps without touching hllm/cli.py.
+"""`hllm msr <step>` (also `python -m hllm.msr <step>`): the LLM4MSR steps.
 
-    python -m hllm.msr stats --data ../shared/data/ml-100k
-    python -m hllm.msr knowledge --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml \
+    hllm msr stats --data ../shared/data/ml-100k
+    hllm msr validate --data ../shared/data/ml-100k --out runs/msr/validation
+    hllm msr knowledge --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml \
         --feature-repo runs/features    # vectors also served from Feast
-    python -m hllm.msr compare --data ../shared/data/ml-100k --backbones star,mmoe --out runs/msr.json
-
-Also reachable as `hllm msr <step> ...`.
+    hllm msr train --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml --out runs/msr
+    hllm msr train ... --backbone-only --out runs/star      # the baseline the gate compares to
+    hllm msr register --run runs/msr --validation runs/msr/validation
+    hllm msr compare --data ../shared/data/ml-100k --backbones star,mmoe --out runs/msr.json
 """
 
 from __future__ import annotations
@@ -20,61 +22,123 @@ from hllm.config import parse_set
 from hllm.errors import HLLMError
 from hllm.msr.config import load_msr_config
 
+STEPS = ("stats", "validate", "knowledge", "train", "register", "compare")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hllm msr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+
+    def data_step(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--data", required=True, help="dataset directory (RecBole atomic, local or s3://)")
+        p.add_argument("--config", default=None, help="YAML naming a `base` MSR preset")
+        p.add_argument("--preset", default=None)
+        p.add_argument("--set", action="append", default=[], metavar="section.key=value")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--out", default=None)
+        return p
+
+    data_step("stats", "rows, users, items and positive rate per split and scenario")
+    data_step("validate", "Great Expectations suites on the raw table and the CTR rows")
+    p = data_step("knowledge", "scenario and user knowledge vectors from the frozen LLM (cached)")
+    p.add_argument("--feature-repo", default=None,
+                   help="also push the vectors to this Feast repo (RUN or RUN/feature_repo)")
+    p = data_step("train", "train one model and write a run directory")
+    p.add_argument("--backbone", default=None, help="star | mmoe (default: model.backbone)")
+    p.add_argument("--backbone-only", action="store_true", help="no LLM4MSR meta networks")
+    p = data_step("compare", "each backbone alone and with LLM4MSR on one split")
+    p.add_argument("--backbones", default=None, help="comma list, e.g. star,mmoe")
+    p = sub.add_parser("register", help="log a run to MLflow and register it as challenger")
+    p.add_argument("--run", required=True)
+    p.add_argument("--name", default="llm4msr", help="registered model name")
+    p.add_argument("--validation", help="validation report (directory or validation.json)")
+    p.add_argument("--feature-repo", help="Feast repo whose view versions are tagged")
+    p.add_argument("--pipeline-run-id")
+    p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    return parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hllm.msr", description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("stats", "knowledge", "compare"))
-    parser.add_argument("--data", required=True, help="dataset directory (RecBole atomic, local or s3://)")
-    parser.add_argument("--config", default=None, help="YAML naming a `base` MSR preset")
-    parser.add_argument("--preset", default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="section.key=value")
-    parser.add_argument("--backbones", default=None, help="comma list, e.g. star,mmoe")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="write the result JSON here")
-    parser.add_argument("--feature-repo", default=None,
-                        help="knowledge: also push the vectors to this Feast repo (RUN or RUN/feature_repo)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cfg = load_msr_config(args.preset, args.config, parse_set(args.set))
-        from hllm.msr.data import encode, load_rows, scenario_stats
-
-        rows = load_rows(args.data, cfg.data)
-        if args.step == "stats":
-            print(scenario_stats(rows).to_string(index=False))
-            return 0
-        if args.step == "knowledge":
-            from hllm.msr.knowledge import build_knowledge
-
-            enc = encode(rows)
-            scen, users = build_knowledge(rows, enc, cfg.knowledge, device=args.device)
-            result = {"scenario": vars(scen.stats), "user": vars(users.stats)}
-            if args.feature_repo:
-                from hllm.features import push_knowledge
-
-                result["feature_repo"] = push_knowledge(
-                    args.feature_repo, (scen.keys, scen.vectors.numpy()),
-                    (users.keys, users.vectors.numpy()), users.texts)
-        else:
-            from hllm.msr.train import compare
-
-            backbones = tuple(args.backbones.split(",")) if args.backbones else None
-            result = compare(cfg, args.data, backbones=backbones, device=args.device, rows=rows)
+        result = run_step(args)
     except HLLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if isinstance(result, int):
+        return result
     text = json.dumps(result, indent=1, default=str)
-    if args.out:
+    if getattr(args, "out", None) and args.step in ("knowledge", "compare"):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
     for run in result.get("runs", []):
-        t = run["test"]
-        per = "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in t.items() if k.startswith("auc/"))
-        print(f"{run['model']:<14} test AUC {t['auc']:.4f} logloss {t['logloss']:.4f} | {per}")
-    if not args.out and not result.get("runs"):
+        print(_summary_line(run["model"], run["test"]))
+    if args.step == "train":
+        print(_summary_line(result["model"], result))
+    elif not result.get("runs") and not (args.step == "knowledge" and args.out):
         print(text)
     return 0
+
+
+def _summary_line(model: str, t: dict) -> str:
+    per = "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in t.items() if k.startswith("auc/"))
+    return f"{model:<14} test AUC {t['auc']:.4f} logloss {t['logloss']:.4f} | {per}"
+
+
+def run_step(args: argparse.Namespace) -> dict | int:
+    if args.step == "register":
+        from hllm.msr.registry import register_msr
+
+        reg = register_msr(args.run, args.name, validation=args.validation,
+                           feature_repo=args.feature_repo, pipeline_run_id=args.pipeline_run_id,
+                           tracking_uri=args.tracking_uri)
+        v = reg.versions[0]
+        return {"name": v.name, "version": v.version, "run_id": reg.run_id, "alias": "challenger"}
+    cfg = load_msr_config(args.preset, args.config, parse_set(args.set))
+    if args.step == "validate":
+        from hllm.msr.validation import validate_msr
+
+        report = validate_msr(args.data, args.out, cfg.data)
+        print(report.summary())
+        return 0 if report.success else 1
+    from hllm.msr.data import encode, load_rows, scenario_stats
+
+    rows = load_rows(args.data, cfg.data)
+    if args.step == "stats":
+        print(scenario_stats(rows).to_string(index=False))
+        return 0
+    if args.step == "knowledge":
+        from hllm.msr.knowledge import build_knowledge
+
+        scen, users = build_knowledge(rows, encode(rows), cfg.knowledge, device=args.device)
+        result = {"scenario": vars(scen.stats), "user": vars(users.stats)}
+        if args.feature_repo:
+            from hllm.features import push_knowledge
+
+            result["feature_repo"] = push_knowledge(
+                args.feature_repo, (scen.keys, scen.vectors.numpy()),
+                (users.keys, users.vectors.numpy()), users.texts)
+        return result
+    if args.step == "train":
+        import dataclasses
+
+        from hllm.errors import ConfigError
+        from hllm.msr.run import train_run
+
+        if not args.out:
+            raise ConfigError("hllm msr train: --out RUN_DIR is required")
+        if args.backbone:
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=args.backbone))
+        return train_run(cfg, args.data, args.out, llm4msr=not args.backbone_only,
+                         device=args.device, rows=rows)
+    from hllm.msr.train import compare
+
+    backbones = tuple(args.backbones.split(",")) if args.backbones else None
+    return compare(cfg, args.data, backbones=backbones, device=args.device, rows=rows)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hllm.config import SMOLLM2, _coerce, _tiny_llama, read_config_file
+from hllm.config import SMOLLM2, _coerce, _flatten, _tiny_llama, _to_plain, read_config_file
 from hllm.errors import ConfigError
 
 
@@ -86,7 +86,7 @@ class MSRConfig:
     train: MSRTrainConfig = field(default_factory=MSRTrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_plain(dataclasses.asdict(self))  # tuples as lists: YAML-safe
 
 
 def cpu_default() -> MSRConfig:
@@ -144,3 +144,10 @@ def load_msr_config(preset: str | None = None, config_file: str | Path | None = 
     if name not in PRESETS:
         raise ConfigError(f"unknown MSR preset '{name}' (known: {', '.join(PRESETS)})")
     return replace(replace(PRESETS[name](), values), overrides or {})
+
+
+def config_from_dict(tree: dict[str, Any]) -> MSRConfig:
+    """Rebuild an MSRConfig saved by `MSRConfig.to_dict` (a run directory's config.yaml)."""
+    tree = dict(tree)
+    preset = tree.pop("preset", "custom")
+    return replace(MSRConfig(preset=preset), _flatten(tree))

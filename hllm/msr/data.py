@@ -235,6 +235,7 @@ class Encoded:
     field_names: tuple[str, ...]
     scenarios: list[str]
     knowledge_users: list[str]  # user_k index -> raw user id
+    vocab: dict[str, dict[str, int]] = field(default_factory=dict)  # column -> raw value -> index
 
 
 def encode(data: MSRRows) -> Encoded:
@@ -261,7 +262,7 @@ def encode(data: MSRRows) -> Encoded:
             label=torch.as_tensor(frame["label"].to_numpy(np.float32)))
     cards = {"user": len(vocab["user_id"]) + 1, "item": len(vocab["item_id"]) + 1,
              "scenario": len(data.scenarios), **{f: len(vocab[f]) + 1 for f in data.fields}}
-    return Encoded(tensors, cards, data.fields, list(data.scenarios), all_users)
+    return Encoded(tensors, cards, data.fields, list(data.scenarios), all_users, vocab)
 
 
 def _vocab(column: pd.Series) -> dict[str, int]:

@@ -28,12 +28,13 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
         return float("nan")
     order = np.argsort(scores, kind="mergesort")
     sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average rank (1-based) over each run of equal scores.
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    # Average rank (1-based) over each run of equal scores, vectorised (the gate's
+    # bootstrap calls this thousands of times).
+    new_run = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
+    starts = np.flatnonzero(new_run)
     ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + 1 + e) / 2
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = ((starts + 1 + ends) / 2)[np.cumsum(new_run) - 1]
     return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -75,3 +76,18 @@ def evaluate_msr(model: nn.Module, data: MSRTensors, names: list[str],
                  device: torch.device | str = "cpu", batch_size: int = 4096) -> dict[str, float]:
     probs = predict(model, data, device, batch_size)
     return msr_metrics(data.label.numpy(), probs, data.scenario.numpy(), names)
+
+
+def paired_auc_bootstrap(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *,
+                         samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """AUC(a) - AUC(b) on the same rows, with a paired bootstrap interval over rows."""
+    labels, probs_a, probs_b = (np.asarray(x, dtype=np.float64).ravel() for x in (labels, probs_a, probs_b))
+    if not (len(labels) == len(probs_a) == len(probs_b)):
+        raise ValueError("prediction arrays differ in length: not the same evaluation rows")
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(samples)
+    for i in range(samples):
+        idx = rng.integers(0, len(labels), size=len(labels))
+        diffs[i] = auc(labels[idx], probs_a[idx]) - auc(labels[idx], probs_b[idx])
+    lo, hi = np.nanquantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return {"diff": auc(labels, probs_a) - auc(labels, probs_b), "low": float(lo), "high": float(hi)}

@@ -70,13 +70,23 @@ class LLM4MSR(nn.Module):
             MetaLayer(scenario_knowledge.size(1), d, meta_hidden, init_scale) for _ in range(scenario_layers))
         self.out_dim = d
 
-    def refine(self, h: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def refine(self, h: torch.Tensor, batch: dict[str, torch.Tensor],
+               trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """h + the meta layers' residuals; `trace` (if given) receives each layer's residual
+        as applied (scenario layers already divided by their count), for `hllm explain`."""
         k_user = self.user_knowledge[batch["user_k"]]  # (B, K_u)
         k_scen = self.scenario_knowledge[batch["scenario"]]  # (B, K_s)
-        for layer in self.user_meta:  # bottom: stacked, personalised
-            h = h + layer(h, k_user)
+        for i, layer in enumerate(self.user_meta):  # bottom: stacked, personalised
+            delta = layer(h, k_user)
+            if trace is not None:
+                trace[f"user-meta-{i + 1}"] = delta
+            h = h + delta
         if len(self.scenario_meta):  # parallel: side by side on the same input, averaged
-            h = h + torch.stack([layer(h, k_scen) for layer in self.scenario_meta]).mean(0)
+            deltas = torch.stack([layer(h, k_scen) for layer in self.scenario_meta])
+            if trace is not None:
+                for j, delta in enumerate(deltas):
+                    trace[f"scenario-meta-{j + 1}"] = delta / len(deltas)
+            h = h + deltas.mean(0)
         return h  # (B, d)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,220 @@
+"""An MSR run directory: train one model, save everything needed to serve, explain and gate it.
+
+    hllm msr train --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml --out runs/msr
+    hllm msr train ... --backbone-only --out runs/star          # the baseline the gate compares to
+
+RUN/
+  config.yaml            resolved MSRConfig + {"run": {model, dataset, llm4msr}}
+  model.safetensors      weights (LLM4MSR: the knowledge tables are buffers inside)
+  encoding.json          id/field vocabularies, scenario names, knowledge user order,
+                         per-user and per-item field values (a request needs only ids)
+  metrics.json           test + valid AUC/logloss overall and per scenario, split_sha256,
+                         data_sha256, timings, per-epoch history, knowledge cache stats
+  test_predictions.npz   label, probability, scenario of every test row (gate bootstrap)
+  knowledge.json         user knowledge texts, when generation was on (hllm explain)
+
+The directory is written in RUN.staged and swapped in whole: a failure leaves no
+half-written run that `hllm msr register` could pick up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hllm.atomic import swap_dir
+from hllm.errors import ConfigError
+from hllm.msr.config import MSRConfig, config_from_dict
+from hllm.msr.data import SPLITS, Encoded, MSRRows, encode, load_rows
+from hllm.msr.evaluate import evaluate_msr, predict
+from hllm.msr.train import build_model, train_msr
+
+log = logging.getLogger(__name__)
+
+ROW_KEY = ("user_id", "item_id", "scenario", "label", "timestamp")
+
+
+def split_fingerprint(rows: MSRRows) -> str:
+    """sha256 over every split's rows (ids, scenario, label, time): same value = same split."""
+    h = hashlib.sha256()
+    for split in SPLITS:
+        frame = rows.splits[split][list(ROW_KEY)].astype(str)
+        h.update(split.encode() + b"\x1d")
+        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_label(cfg: MSRConfig, llm4msr: bool) -> str:
+    return cfg.model.backbone + ("+llm4msr" if llm4msr else "")
+
+
+def train_run(cfg: MSRConfig, data: str, out: str | Path, *, llm4msr: bool = True,
+              device: str = "cpu", progress: bool | None = None,
+              rows: MSRRows | None = None) -> dict[str, Any]:
+    """Train the backbone (alone or with LLM4MSR), evaluate, write RUN/ atomically; metrics."""
+    from hllm.lineage import data_sha256
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    rows = rows or load_rows(data, cfg.data)
+    enc = encode(rows)
+    timings = {"load_data_s": time.perf_counter() - t0}
+    knowledge, texts, kstats = None, None, {}
+    if llm4msr:
+        from hllm.msr.knowledge import build_knowledge
+
+        t1 = time.perf_counter()
+        scen, users = build_knowledge(rows, enc, cfg.knowledge, device=device, progress=progress)
+        knowledge = (scen.vectors, users.vectors)
+        texts = users.texts
+        kstats = {"scenario": vars(scen.stats), "user": vars(users.stats)}
+        timings["knowledge_s"] = time.perf_counter() - t1
+    model = build_model(cfg, enc, *(knowledge or (None, None)))
+    result = train_msr(model, enc, cfg.train, device=device, progress=progress)
+    timings["train_s"] = result.seconds
+    model.cpu()
+    test_probs = predict(model, enc.tensors["test"], "cpu", cfg.train.eval_batch_size)
+    metrics = {
+        "model": model_label(cfg, llm4msr), "llm4msr": llm4msr,
+        **evaluate_msr(model, enc.tensors["test"], enc.scenarios),
+        "valid": evaluate_msr(model, enc.tensors["valid"], enc.scenarios),
+        "scenarios": enc.scenarios, "best_epoch": result.best_epoch,
+        "split_sha256": split_fingerprint(rows), "data_sha256": data_sha256(data),
+        "params": sum(p.numel() for p in model.parameters()),
+        "rows": {s: len(rows.splits[s]) for s in SPLITS},
+        "timings": timings, "history": result.history, "knowledge": kstats,
+    }
+    staged = out.with_name(out.name + ".staged")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    run_info = {"model": metrics["model"], "dataset": str(data), "llm4msr": llm4msr}
+    (staged / "config.yaml").write_text(yaml.safe_dump({"run": run_info, **cfg.to_dict()},
+                                                       sort_keys=False))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(staged / "model.safetensors"))
+    (staged / "encoding.json").write_text(json.dumps(encoding_record(rows, enc)))
+    test = enc.tensors["test"]
+    np.savez(staged / "test_predictions.npz", label=test.label.numpy(), probability=test_probs,
+             scenario=test.scenario.numpy())
+    if texts:
+        (staged / "knowledge.json").write_text(json.dumps({"user": texts}, ensure_ascii=False, indent=1))
+    (staged / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float) + "\n")
+    swap_dir(staged, out)
+    log.info("%s: test AUC %.4f logloss %.4f -> %s", metrics["model"], metrics["auc"],
+             metrics["logloss"], out)
+    return metrics
+
+
+def encoding_record(rows: MSRRows, enc: Encoded) -> dict[str, Any]:
+    """What a request needs to become model input: vocabularies and side tables by raw id."""
+    users = rows.users.set_index("user_id") if "user_id" in rows.users.columns else pd.DataFrame()
+    items = rows.items.set_index("item_id")
+    user_fields = [f for f in rows.fields if f in users.columns]
+    item_fields = [f for f in rows.fields if f not in user_fields and f in items.columns]
+    return {
+        "scenarios": enc.scenarios, "fields": list(enc.field_names),
+        "cardinalities": enc.cardinalities, "knowledge_users": enc.knowledge_users,
+        "vocab": {k: v for k, v in enc.vocab.items()},
+        "user_fields": {f: {str(u): str(x) for u, x in users[f].items()} for f in user_fields},
+        "item_fields": {f: {str(i): str(x) for i, x in items[f].items()} for f in item_fields},
+    }
+
+
+@dataclass
+class MSRRun:
+    """A saved run, rebuilt: the model in eval mode and what turns raw ids into its input."""
+
+    path: Path
+    config: MSRConfig
+    info: dict[str, Any]
+    metrics: dict[str, Any]
+    encoding: dict[str, Any]
+    model: nn.Module
+
+    @property
+    def scenarios(self) -> list[str]:
+        return list(self.encoding["scenarios"])
+
+    def batch(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
+        """Raw rows (user_id, item_id, scenario[, field columns]) -> a model batch."""
+        return rows_to_batch(frame, self.encoding, source=str(self.path))
+
+    @torch.no_grad()
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        self.model.eval()
+        return torch.sigmoid(self.model(self.batch(frame))[1]).numpy()
+
+
+def rows_to_batch(frame: pd.DataFrame, encoding: dict[str, Any], source: str = "request"
+                  ) -> dict[str, torch.Tensor]:
+    """Map raw ids to indices the way training did (unseen -> 0); unknown scenarios are errors."""
+    missing = [c for c in ("user_id", "item_id", "scenario") if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{source}: request is missing column(s) {', '.join(missing)}; "
+                          "need user_id, item_id and scenario")
+    scen_index = {s: i for i, s in enumerate(encoding["scenarios"])}
+    scenario = frame["scenario"].astype(str)
+    unknown = sorted(set(scenario) - set(scen_index))
+    if unknown:
+        raise ConfigError(f"{source}: unknown scenario(s) {unknown}; the model knows "
+                          f"{encoding['scenarios']}")
+    vocab = encoding["vocab"]
+    users, items = frame["user_id"].astype(str), frame["item_id"].astype(str)
+    user_k = {u: i for i, u in enumerate(encoding["knowledge_users"])}
+    cols = []
+    for f in encoding["fields"]:
+        if f in frame.columns:
+            values = frame[f].astype(str)
+        elif f in encoding["user_fields"]:
+            values = users.map(encoding["user_fields"][f]).fillna("")
+        else:
+            values = items.map(encoding["item_fields"].get(f, {})).fillna("")
+        cols.append(torch.as_tensor(values.map(vocab[f]).fillna(0).to_numpy(np.int64)))
+    n = len(frame)
+    return {
+        "user": torch.as_tensor(users.map(vocab["user_id"]).fillna(0).to_numpy(np.int64)),
+        "item": torch.as_tensor(items.map(vocab["item_id"]).fillna(0).to_numpy(np.int64)),
+        "scenario": torch.as_tensor(scenario.map(scen_index).to_numpy(np.int64)),
+        "fields": torch.stack(cols, 1) if cols else torch.zeros(n, 0, dtype=torch.long),
+        # A user with no knowledge row (new since training) reads row 0's vector: a
+        # documented approximation until the knowledge features are refreshed.
+        "user_k": torch.as_tensor(users.map(user_k).fillna(0).to_numpy(np.int64)),
+        "label": torch.zeros(n),
+    }
+
+
+def load_run(path: str | Path) -> MSRRun:
+    """Rebuild a saved MSR run on CPU; errors name the missing file."""
+    path = Path(path)
+    for name in ("config.yaml", "model.safetensors", "encoding.json", "metrics.json"):
+        if not (path / name).is_file():
+            raise ConfigError(f"{path}: no {name}; pass a run directory written by `hllm msr train`")
+    saved = yaml.safe_load((path / "config.yaml").read_text())
+    info = saved.pop("run", {})
+    cfg = config_from_dict(saved)
+    encoding = json.loads((path / "encoding.json").read_text())
+    weights = load_file(str(path / "model.safetensors"))
+    knowledge = None
+    if info.get("llm4msr"):
+        knowledge = (torch.zeros_like(weights["scenario_knowledge"]),
+                     torch.zeros_like(weights["user_knowledge"]))
+    enc = Encoded({}, encoding["cardinalities"], tuple(encoding["fields"]), encoding["scenarios"],
+                  encoding["knowledge_users"])
+    model = build_model(cfg, enc, *(knowledge or (None, None)))
+    model.load_state_dict(weights)
+    model.eval()
+    metrics = json.loads((path / "metrics.json").read_text())
+    return MSRRun(path, cfg, info, metrics, encoding, model)
