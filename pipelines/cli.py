@@ -1,6 +1,7 @@
 """`hllm pipeline compile | run --local | submit`: the Kubeflow pipeline from the shell.
 
     hllm pipeline compile --out hllm-training.yaml
+    hllm pipeline compile --pipeline llm4msr            # llm4msr-training.yaml
     hllm pipeline run --local --data ../shared/data/ml-100k --preset cpu-default
     hllm pipeline submit --host https://kfp.example.com --data s3://bucket/ml-100k
 
@@ -16,10 +17,17 @@ from pathlib import Path
 DEFAULT_PACKAGE = "hllm-training.yaml"
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    from pipelines.training import compile_pipeline
+def _compiler(pipeline: str):
+    if pipeline == "llm4msr":
+        from pipelines.msr import compile_pipeline
+    else:
+        from pipelines.training import compile_pipeline
+    return compile_pipeline
 
-    print(f"wrote {compile_pipeline(args.out)}")
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    out = args.out or (DEFAULT_PACKAGE if args.pipeline == "hllm" else f"{args.pipeline}-training.yaml")
+    print(f"wrote {_compiler(args.pipeline)(out)}")
     return 0
 
 
@@ -36,12 +44,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """Compile (unless --package is given) and create a run on a KFP API server."""
     import kfp
 
-    from pipelines.training import compile_pipeline
+    from pipelines.local_run import DEFAULTS
 
-    package = args.package or compile_pipeline(DEFAULT_PACKAGE)
-    params = {"data": args.data, "preset": args.preset, "ab_config": args.ab_config,
-              "registered_name": args.registered_name, "tracking_uri": args.tracking_uri,
-              **json.loads(args.params or "{}")}
+    package = args.package or _compiler(args.pipeline)(
+        DEFAULT_PACKAGE if args.pipeline == "hllm" else f"{args.pipeline}-training.yaml")
+    ab_default, name_default = DEFAULTS[args.pipeline]
+    preset = args.preset or ("hllm-1b" if args.pipeline == "hllm" else "cpu-default")
+    params = {"data": args.data, "preset": preset,
+              "ab_config": args.ab_config or f"configs/ab/{ab_default.name}",
+              "registered_name": args.registered_name or name_default,
+              "tracking_uri": args.tracking_uri, **json.loads(args.params or "{}")}
     client = kfp.Client(host=args.host, namespace=args.namespace)
     run = client.create_run_from_pipeline_package(
         package, arguments=params, experiment_name=args.experiment, run_name=args.run_name,
@@ -58,7 +70,8 @@ def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="pipeline_command", required=True)
 
     p = sub.add_parser("compile", help="write the pipeline's IR YAML")
-    p.add_argument("--out", default=DEFAULT_PACKAGE)
+    p.add_argument("--pipeline", default="hllm", choices=("hllm", "llm4msr"))
+    p.add_argument("--out", default=None, help="default: hllm-training.yaml / llm4msr-training.yaml")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run the whole pipeline on this machine (kfp.local)")
@@ -71,10 +84,11 @@ def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--namespace", default=None)
     p.add_argument("--package", help="a compiled IR YAML (default: compile now)")
     p.add_argument("--data", required=True, help="dataset URI as the pods see it (s3://...)")
-    p.add_argument("--preset", default="hllm-1b")
-    p.add_argument("--ab-config", default="configs/ab/hllm-rollout.yaml",
-                   help="path inside the image")
-    p.add_argument("--registered-name", default="hllm")
+    p.add_argument("--pipeline", default="hllm", choices=("hllm", "llm4msr"))
+    p.add_argument("--preset", default=None, help="default: hllm-1b (hllm), cpu-default (llm4msr)")
+    p.add_argument("--ab-config", default=None,
+                   help="path inside the image (default: configs/ab/<pipeline>-rollout.yaml)")
+    p.add_argument("--registered-name", default=None, help="default: hllm / llm4msr")
     p.add_argument("--tracking-uri", required=True, help="MLflow as the pods reach it")
     p.add_argument("--params", help='more pipeline parameters as JSON, e.g. \'{"max_history": 50}\'')
     p.add_argument("--experiment", default="hllm")

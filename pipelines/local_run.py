@@ -1,6 +1,7 @@
 """`make run`: the whole training pipeline on this machine with kfp.local.
 
     python -m pipelines.local_run --data ../shared/data/ml-100k --preset cpu-default
+    hllm pipeline run --local --pipeline llm4msr --preset cpu-default   # the LLM4MSR pipeline
 
 Starts the embedded services (moto S3 + MLflow, hllm.services) unless a tracking URI
 is given, runs the pipeline with kfp.local's SubprocessRunner in the current
@@ -28,6 +29,10 @@ from typing import Any, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AB_CONFIG = ROOT / "configs" / "ab" / "hllm-rollout.yaml"
 CACHE_DIR = ".kfp-cache"
+PIPELINES = ("hllm", "llm4msr")
+# Per pipeline: A/B config (gate), registered model name.
+DEFAULTS = {"hllm": (DEFAULT_AB_CONFIG, "hllm"),
+            "llm4msr": (ROOT / "configs" / "ab" / "llm4msr-rollout.yaml", "llm4msr")}
 
 
 @dataclass
@@ -86,20 +91,29 @@ def _assemble(run_dir: Path, pipeline_root: Path, summary: dict[str, Any]) -> di
 
 def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | Path = "runs",
               run_id: str | None = None, tracking_uri: str | None = None,
-              ab_config: str | Path = DEFAULT_AB_CONFIG, registered_name: str = "hllm",
+              ab_config: str | Path | None = None, registered_name: str | None = None,
               onnx_name: str = "hllm-item-llm", config_file: str = "",
               max_history: int = 50, min_user_interactions: int = 3,
-              caching: bool = True, platform=None) -> LocalRun:
-    """Run the training pipeline locally end to end; returns the run and its summary."""
+              caching: bool = True, platform=None, pipeline: str = "hllm") -> LocalRun:
+    """Run a training pipeline (hllm or llm4msr) locally end to end; returns the run and its summary."""
     from kfp import local
 
-    from hllm.errors import HLLMError
-    from hllm.report import write_report
+    from hllm.errors import ConfigError, HLLMError
     from hllm.services import embedded_services
     from pipelines.platform import Platform
-    from pipelines.training import build_pipeline
 
     import time
+
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"unknown pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
+    if pipeline == "hllm":
+        from hllm.report import write_report
+        from pipelines.training import build_pipeline
+    else:
+        from hllm.msr.report import write_report
+        from pipelines.msr import build_pipeline
+    ab_config = ab_config or DEFAULTS[pipeline][0]
+    registered_name = registered_name or DEFAULTS[pipeline][1]
 
     t0 = time.perf_counter()
     data = str(Path(data).resolve())
@@ -122,12 +136,14 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
             local.init(runner=local.SubprocessRunner(use_venv=False),
                        pipeline_root=str(pipeline_root), raise_on_error=False,
                        enable_caching=caching, cache_root=str(runs / CACHE_DIR))
-            build_pipeline(platform)(
-                data=data, data_version=data_version(data), preset=preset,
-                config_file=config_file, ab_config=str(Path(ab_config).resolve()),
-                registered_name=registered_name, onnx_name=onnx_name, tracking_uri=uri,
-                max_history=max_history, min_user_interactions=min_user_interactions,
-                pipeline_run_id=run_id, report_uri=str(run_dir / "report.html"))
+            args = dict(data=data, data_version=data_version(data), preset=preset,
+                        config_file=config_file, ab_config=str(Path(ab_config).resolve()),
+                        registered_name=registered_name, tracking_uri=uri,
+                        max_history=max_history, pipeline_run_id=run_id,
+                        report_uri=str(run_dir / "report.html"))
+            if pipeline == "hllm":
+                args.update(onnx_name=onnx_name, min_user_interactions=min_user_interactions)
+            build_pipeline(platform)(**args)
     found = _find_summary(pipeline_root)
     if found is None:
         raise HLLMError(f"pipeline run {run_id} failed before its report step; task logs above, "
@@ -157,12 +173,16 @@ def describe(run: LocalRun) -> str:
         return "\n".join(lines)
     for name, model in s["models"].items():
         m = model["metrics"]
+        if s.get("pipeline") == "llm4msr":
+            per = "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in m.items() if k.startswith("auc/"))
+            lines.append(f"  {model['model']:14s} AUC {m['auc']:.4f} logloss {m['logloss']:.4f} | {per}")
+            continue
         lines.append(f"  {name:7s} " + "  ".join(f"{k} {m[k]:.4f}" for k in
                                                ("recall@10", "recall@50", "recall@200", "ndcg@10")
                                                if k in m))
     reg, gate = s["registry"], s["gate"]
-    lines.append(f"  registered {reg['model_name']} version {reg['version']}; ONNX max|diff| "
-                 f"{s['onnx']['max_abs_diff']}")
+    onnx = f"; ONNX max|diff| {s['onnx']['max_abs_diff']}" if s.get("onnx") else ""
+    lines.append(f"  registered {reg['model_name']} version {reg['version']}{onnx}")
     lines.append(f"  gate: {gate['decision']}" + (f" ({'; '.join(gate['reasons'])})"
                                                   if gate["reasons"] else ""))
     lines.append("  steps: " + ", ".join(f"{n} {st.get('seconds') or 0:.1f}s"
@@ -173,13 +193,16 @@ def describe(run: LocalRun) -> str:
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "ml-100k"))
-    p.add_argument("--preset", default="cpu-default")
+    p.add_argument("--pipeline", default="hllm", choices=PIPELINES,
+                   help="hllm: HLLM + SASRec (the default); llm4msr: multi-scenario CTR")
+    p.add_argument("--preset", default="cpu-default", help="a preset of the chosen pipeline's models")
     p.add_argument("--config", default="", help="YAML overriding the preset (train steps)")
     p.add_argument("--runs", default="runs", help="where runs/<run-id> and runs/latest go")
     p.add_argument("--run-id", help="default: <dataset>-<timestamp>")
     p.add_argument("--tracking-uri", help="an existing MLflow server (default: start embedded ones)")
-    p.add_argument("--ab-config", default=str(DEFAULT_AB_CONFIG))
-    p.add_argument("--registered-name", default="hllm")
+    p.add_argument("--ab-config", default=None,
+                   help="default: configs/ab/hllm-rollout.yaml or configs/ab/llm4msr-rollout.yaml")
+    p.add_argument("--registered-name", default=None, help="default: the pipeline's name")
     p.add_argument("--no-cache", action="store_true", help="run every step again")
 
 
@@ -187,7 +210,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     run = run_local(args.data, preset=args.preset, config_file=args.config, runs_dir=args.runs,
                     run_id=args.run_id, tracking_uri=args.tracking_uri,
                     ab_config=args.ab_config, registered_name=args.registered_name,
-                    caching=not args.no_cache)
+                    caching=not args.no_cache, pipeline=args.pipeline)
     print(describe(run))
     return 0 if run.status == "completed" else 1
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ML100K
+from conftest import ML100K, ROOT
 from hllm.cli import main as cli
 from hllm.errors import ConfigError, DataError
 from hllm.experiment import load_ab_config
@@ -22,7 +22,7 @@ from hllm.msr.registry import register_msr
 from hllm.msr.run import load_run, train_run
 from hllm.msr.validation import MSRValidationConfig, validate_msr
 
-AB = "configs/ab/llm4msr-rollout.yaml"
+AB = ROOT / "configs/ab/llm4msr-rollout.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_register_gate_and_explain_against_real_mlflow(runs, mlflow_env, tmp_pat
 
     # Gate: the first model is held to the floor and must be ahead of the backbone baseline.
     ab = tmp_path / "ab.yaml"
-    ab.write_text((__import__("pathlib").Path(AB)).read_text().replace("model: llm4msr ", f"model: {name} "))
+    ab.write_text(AB.read_text().replace("model: llm4msr ", f"model: {name} "))
     decision = gate("challenger", ab, baseline=runs["star"], tracking_uri=mlflow_env, out=tmp_path / "g")
     chal_auc = json.loads((runs["llm4msr"] / "metrics.json").read_text())["auc"]
     base_auc = json.loads((runs["star"] / "metrics.json").read_text())["auc"]

@@ -3,9 +3,10 @@
     hllm msr stats --data ../shared/data/ml-100k
     hllm msr validate --data ../shared/data/ml-100k --out runs/msr/validation
     hllm msr knowledge --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml \
-        --feature-repo runs/features    # vectors also served from Feast
+        --out runs/msr/knowledge --feature-repo runs/features   # + a Feast repo serving them
     hllm msr train --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml --out runs/msr
     hllm msr train ... --backbone-only --out runs/star      # the baseline the gate compares to
+    hllm msr evaluate --run runs/msr                          # score the saved run again
     hllm msr register --run runs/msr --validation runs/msr/validation
     hllm msr compare --data ../shared/data/ml-100k --backbones star,mmoe --out runs/msr.json
 """
@@ -22,7 +23,7 @@ from hllm.config import parse_set
 from hllm.errors import HLLMError
 from hllm.msr.config import load_msr_config
 
-STEPS = ("stats", "validate", "knowledge", "train", "register", "compare")
+STEPS = ("stats", "validate", "knowledge", "train", "evaluate", "register", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,12 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     data_step("validate", "Great Expectations suites on the raw table and the CTR rows")
     p = data_step("knowledge", "scenario and user knowledge vectors from the frozen LLM (cached)")
     p.add_argument("--feature-repo", default=None,
-                   help="also push the vectors to this Feast repo (RUN or RUN/feature_repo)")
+                   help="push the vectors to this Feast repo (RUN or RUN/feature_repo); with "
+                        "--out DIR a copy in DIR/feature_repo gets them instead")
     p = data_step("train", "train one model and write a run directory")
+    p.add_argument("--knowledge", default=None, help="vectors from `hllm msr knowledge --out DIR`")
     p.add_argument("--backbone", default=None, help="star | mmoe (default: model.backbone)")
     p.add_argument("--backbone-only", action="store_true", help="no LLM4MSR meta networks")
     p = data_step("compare", "each backbone alone and with LLM4MSR on one split")
     p.add_argument("--backbones", default=None, help="comma list, e.g. star,mmoe")
+    p = sub.add_parser("evaluate", help="score a saved run again; rewrites its evaluation files")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default=None, help="default: the dataset the run was trained on")
+    p.add_argument("--out", default=None, help="default: the run directory")
     p = sub.add_parser("register", help="log a run to MLflow and register it as challenger")
     p.add_argument("--run", required=True)
     p.add_argument("--name", default="llm4msr", help="registered model name")
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(result, int):
         return result
     text = json.dumps(result, indent=1, default=str)
-    if getattr(args, "out", None) and args.step in ("knowledge", "compare"):
+    if getattr(args, "out", None) and args.step == "compare":
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_summary_line(run["model"], run["test"]))
     if args.step == "train":
         print(_summary_line(result["model"], result))
-    elif not result.get("runs") and not (args.step == "knowledge" and args.out):
+    elif not result.get("runs"):
         print(text)
     return 0
 
@@ -98,6 +105,12 @@ def run_step(args: argparse.Namespace) -> dict | int:
                            tracking_uri=args.tracking_uri)
         v = reg.versions[0]
         return {"name": v.name, "version": v.version, "run_id": reg.run_id, "alias": "challenger"}
+    if args.step == "evaluate":
+        from hllm.msr.run import evaluate_run
+
+        metrics = evaluate_run(args.run, args.out, args.data)
+        print(_summary_line(metrics["model"], metrics))
+        return 0
     cfg = load_msr_config(args.preset, args.config, parse_set(args.set))
     if args.step == "validate":
         from hllm.msr.validation import validate_msr
@@ -111,7 +124,12 @@ def run_step(args: argparse.Namespace) -> dict | int:
     if args.step == "stats":
         print(scenario_stats(rows).to_string(index=False))
         return 0
-    if args.step == "knowledge":
+    if args.step == "knowledge" and args.out:
+        from hllm.msr.features import knowledge_features
+
+        return knowledge_features(args.data, cfg, args.out, device=args.device,
+                                  feature_repo=args.feature_repo)
+    if args.step == "knowledge":  # in place: push to the given repo, nothing else written
         from hllm.msr.knowledge import build_knowledge
 
         scen, users = build_knowledge(rows, encode(rows), cfg.knowledge, device=args.device)
@@ -134,7 +152,7 @@ def run_step(args: argparse.Namespace) -> dict | int:
         if args.backbone:
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=args.backbone))
         return train_run(cfg, args.data, args.out, llm4msr=not args.backbone_only,
-                         device=args.device, rows=rows)
+                         device=args.device, rows=rows, knowledge_dir=args.knowledge)
     from hllm.msr.train import compare
 
     backbones = tuple(args.backbones.split(",")) if args.backbones else None

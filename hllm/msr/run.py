@@ -63,8 +63,12 @@ def model_label(cfg: MSRConfig, llm4msr: bool) -> str:
 
 def train_run(cfg: MSRConfig, data: str, out: str | Path, *, llm4msr: bool = True,
               device: str = "cpu", progress: bool | None = None,
-              rows: MSRRows | None = None) -> dict[str, Any]:
-    """Train the backbone (alone or with LLM4MSR), evaluate, write RUN/ atomically; metrics."""
+              rows: MSRRows | None = None, knowledge_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train the backbone (alone or with LLM4MSR), evaluate, write RUN/ atomically; metrics.
+
+    knowledge_dir: vectors written by `hllm msr knowledge --out` (the pipeline's knowledge
+    step); without it they come from the knowledge cache, or the LLM on a miss.
+    """
     from hllm.lineage import data_sha256
 
     out = Path(out)
@@ -73,7 +77,12 @@ def train_run(cfg: MSRConfig, data: str, out: str | Path, *, llm4msr: bool = Tru
     enc = encode(rows)
     timings = {"load_data_s": time.perf_counter() - t0}
     knowledge, texts, kstats = None, None, {}
-    if llm4msr:
+    if llm4msr and knowledge_dir is not None:
+        from hllm.msr.features import load_knowledge
+
+        scen_v, user_v, texts = load_knowledge(knowledge_dir, enc)
+        knowledge, kstats = (scen_v, user_v), {"source": str(knowledge_dir)}
+    elif llm4msr:
         from hllm.msr.knowledge import build_knowledge
 
         t1 = time.perf_counter()
@@ -218,3 +227,44 @@ def load_run(path: str | Path) -> MSRRun:
     model.eval()
     metrics = json.loads((path / "metrics.json").read_text())
     return MSRRun(path, cfg, info, metrics, encoding, model)
+
+
+def evaluate_run(run_dir: str | Path, out: str | Path | None = None, data: str | None = None
+                 ) -> dict[str, Any]:
+    """Score a saved run again from its weights on the data as it is now.
+
+    Refuses a changed split (the metrics would not be comparable); writes metrics.json and
+    test_predictions.npz under `out` (default: the run directory), the gate's evidence.
+    """
+    from hllm.errors import DataError
+
+    run = load_run(run_dir)
+    data = data or run.info["dataset"]
+    rows = load_rows(data, run.config.data)
+    split = split_fingerprint(rows)
+    if split != run.metrics["split_sha256"]:
+        raise DataError(f"{data}: the split differs from the one {run_dir} was trained on "
+                        f"(split_sha256 {split[:12]} != {run.metrics['split_sha256'][:12]})")
+    cols = ["user_id", "item_id", "scenario", *rows.fields]
+    result = {}
+    for name in ("valid", "test"):
+        frame = rows.splits[name]
+        probs = run.predict(frame[cols])
+        result[name] = (frame, probs)
+    from hllm.msr.evaluate import msr_metrics
+
+    scen_index = {s: i for i, s in enumerate(run.scenarios)}
+
+    def scored(name: str) -> dict[str, float]:
+        frame, probs = result[name]
+        return msr_metrics(frame["label"].to_numpy(), probs, frame["scenario"].map(scen_index).to_numpy(),
+                           run.scenarios)
+
+    metrics = {**run.metrics, **scored("test"), "valid": scored("valid"), "evaluated_on": str(data)}
+    out = Path(out) if out is not None else Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame, probs = result["test"]
+    np.savez(out / "test_predictions.npz", label=frame["label"].to_numpy(np.float32), probability=probs,
+             scenario=frame["scenario"].map(scen_index).to_numpy(np.int64))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float) + "\n")
+    return metrics
