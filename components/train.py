@@ -2,6 +2,13 @@
 
 `data_version` is not used by the body: it is part of the task's cache key, so new
 data (or code) under the same URI trains again instead of reusing a stale model.
+
+`nodes` x `gpus_per_node`: with the defaults (1 x 1) the model trains inside this step's
+pod, as always. With more, the step launches a Kubeflow PyTorchJob instead (Master +
+nodes - 1 Workers, torchrun with gpus_per_node processes each; hllm.pytorchjob), waits
+for it, and copies the run it wrote to S3 into the artifact. `data` must then be an
+s3:// URI. `job_image` is the image the job runs; the pipeline passes the CUDA image it
+was compiled with (empty: components.images.CUDA_IMAGE as resolved inside the pod).
 """
 
 from kfp import dsl
@@ -12,27 +19,49 @@ from components.images import CUDA_IMAGE
 
 @dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
 def train_hllm(data: str, data_version: str, preset: str, config_file: str,
-               model: Output[Model], metrics: Output[Metrics]):
+               model: Output[Model], metrics: Output[Metrics], nodes: int = 1,
+               gpus_per_node: int = 1, job_image: str = ""):
     """hllm.train.train(model_name="hllm"): config.yaml, best/, log.jsonl, metrics.json."""
     from hllm.config import load_config
     from hllm.report import log_metrics, step_timer
     from hllm.train import train
 
     with step_timer(model, "train_hllm"):
-        result = train(load_config(preset, config_file or None), "hllm", data, model.path)
+        if nodes > 1 or gpus_per_node > 1:
+            from components.images import CUDA_IMAGE
+            from hllm.pytorchjob import train_distributed
+
+            result = train_distributed("hllm", data, model.path, preset=preset,
+                                       config_file=config_file, nodes=nodes,
+                                       gpus_per_node=gpus_per_node,
+                                       image=job_image or CUDA_IMAGE)
+        else:
+            result = train(load_config(preset, config_file or None), "hllm", data, model.path)
     log_metrics(metrics, result)
-    model.metadata.update(model="hllm", preset=preset, split_sha256=result["split_sha256"])
+    model.metadata.update(model="hllm", preset=preset, split_sha256=result["split_sha256"],
+                          nodes=nodes, gpus_per_node=gpus_per_node)
 
 
 @dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
 def train_sasrec(data: str, data_version: str, preset: str, config_file: str,
-                 model: Output[Model], metrics: Output[Metrics]):
+                 model: Output[Model], metrics: Output[Metrics], nodes: int = 1,
+                 gpus_per_node: int = 1, job_image: str = ""):
     """hllm.train.train(model_name="sasrec"): the baseline the gate compares against."""
     from hllm.config import load_config
     from hllm.report import log_metrics, step_timer
     from hllm.train import train
 
     with step_timer(model, "train_sasrec"):
-        result = train(load_config(preset, config_file or None), "sasrec", data, model.path)
+        if nodes > 1 or gpus_per_node > 1:
+            from components.images import CUDA_IMAGE
+            from hllm.pytorchjob import train_distributed
+
+            result = train_distributed("sasrec", data, model.path, preset=preset,
+                                       config_file=config_file, nodes=nodes,
+                                       gpus_per_node=gpus_per_node,
+                                       image=job_image or CUDA_IMAGE)
+        else:
+            result = train(load_config(preset, config_file or None), "sasrec", data, model.path)
     log_metrics(metrics, result)
-    model.metadata.update(model="sasrec", preset=preset, split_sha256=result["split_sha256"])
+    model.metadata.update(model="sasrec", preset=preset, split_sha256=result["split_sha256"],
+                          nodes=nodes, gpus_per_node=gpus_per_node)

