@@ -101,6 +101,18 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
     seed: int = 42
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
+    # Data parallelism under torchrun: ddp (every rank holds the whole model) | fsdp (FSDP2
+    # full shard: each transformer layer, each tower and the rest sharded over the ranks).
+    # Activation checkpointing stays item_llm/user_llm.gradient_checkpointing.
+    strategy: str = "ddp"
+    # FSDP parameter dtype for compute: auto (bf16 when train.precision resolves to bf16 on
+    # CUDA, else fp32) | bf16 | fp32. Sharded master weights and optimizer states stay fp32.
+    fsdp_mixed_precision: str = "auto"
+    fsdp_reduce_dtype: str = "fp32"  # gradient reduce-scatter dtype under bf16: fp32 | bf16
+    compile: bool = False  # torch.compile each transformer layer of both towers (GPU)
+    fused_adamw: bool = True  # the fused AdamW kernel when every parameter is on CUDA (else ignored)
+    attn_implementation: str = "auto"  # auto: flash_attention_2 for the packed Item LLM when
+    # flash-attn is importable, on CUDA in bf16; else sdpa | sdpa | eager | flash_attention_2
 
 
 @dataclass(frozen=True)
@@ -202,13 +214,18 @@ def hllm_1b() -> Config:
 
 
 def hllm_7b() -> Config:
-    """HLLM-7B shapes (Baichuan2-7B / Llama-7B class) for both tiers; multi-GPU only."""
+    """HLLM-7B shapes (Baichuan2-7B / Llama-7B class) for both tiers; multi-GPU only.
+
+    13B trainable parameters need ~195 GiB of fp32 weights, gradients and Adam states, so
+    the towers are sharded with FSDP (`bench/train_step_mfu.py --derive-memory`: ~56 GiB
+    per rank on 8 GPUs at these settings).
+    """
     arch = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, intermediate_size=11008, vocab_size=32000,
                 max_position_embeddings=4096, rms_norm_eps=1e-6)
     base = hllm_1b()
     return replace(base, {"preset": "hllm-7b", "item_llm.arch": arch, "user_llm.arch": arch,
-                          "train.batch_size": 4})
+                          "train.batch_size": 4, "train.strategy": "fsdp"})
 
 
 PRESETS: dict[str, Callable[[], Config]] = {

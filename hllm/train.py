@@ -11,12 +11,18 @@ Features and the setting that turns each on:
   * safetensors checkpoints with exact resume ..... train.checkpoint_every, --resume
   * early stopping on validation NDCG@10 .......... train.patience
   * DDP under torchrun (gloo on CPU, nccl on GPU) . launch with torchrun
+  * FSDP2 full shard under torchrun ............... train.strategy=fsdp, train.fsdp_mixed_precision
+  * fused AdamW on CUDA, torch.compile per layer ... train.fused_adamw, train.compile
+  * SDPA / varlen flash attention (packed items) ... train.attn_implementation
   * progress bars (epoch, loss, seq/s) ............ on when stderr is a TTY
 
 Determinism: the epoch's data order comes from (seed, epoch) and each step's
 negatives from (seed, step), so a resumed run replays exactly what an uninterrupted
 one would, and N DDP ranks with batch B see the same batches as one process with
 batch N*B (rank r takes every N-th sequence; negatives are sliced and all-gathered).
+The same holds under FSDP, which shards parameters, gradients and optimizer states over
+the ranks instead of replicating them; checkpoints are always written unsharded (the
+full state dict gathered to rank 0), so evaluation, export and resume read one format.
 """
 
 from __future__ import annotations
@@ -43,18 +49,21 @@ from hllm.atomic import swap_dir
 from hllm.config import Config, config_from_dict
 from hllm.data.readers import read_dataset
 from hllm.data.split import SplitData, build_split
-from hllm.distributed import (Dist, all_reduce_sum, barrier, gather_with_grad, init_distributed,
-                              pick_device)
+from hllm.distributed import (Dist, all_reduce_sum, barrier, full_optimizer_state_dict,
+                              full_state_dict, gather_with_grad, init_distributed, is_fsdp,
+                              load_full_optimizer_state_dict, load_full_state_dict, pick_device,
+                              shard_model)
 from hllm.errors import ConfigError
 from hllm.evaluate import metrics_from_ranks, user_ranks
+from hllm.item_cache import load_or_compute_item_cache
 from hllm.models.base import SequentialRecommender
 from hllm.models.hllm import HLLM
 from hllm.models.sasrec import SASRec
-from hllm.item_cache import load_or_compute_item_cache
 
 log = logging.getLogger(__name__)
 
 MODELS = ("hllm", "sasrec")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -86,13 +95,33 @@ def load_split(data: str, cfg: Config) -> SplitData:
     return build_split(read_dataset(data, cfg.data.format), cfg.data)
 
 
-def autocast_context(cfg: Config, device: torch.device):
+def uses_bf16(cfg: Config, device: torch.device) -> bool:
     precision = cfg.train.precision
     if precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
-    use_bf16 = precision == "bf16" or (
+    return precision == "bf16" or (
         precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+def autocast_context(cfg: Config, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(cfg, device) else nullcontext()
+
+
+def fsdp_dtypes(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """(param_dtype, reduce_dtype) of the FSDP mixed-precision policy; None keeps fp32.
+
+    auto: bf16 compute copies of the parameters only on CUDA with bf16 (on CPU the
+    sharded run stays fp32, so it can be compared with one process exactly).
+    """
+    mode, reduce = cfg.train.fsdp_mixed_precision, cfg.train.fsdp_reduce_dtype
+    if mode not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.fsdp_mixed_precision must be auto, bf16 or fp32, got {mode!r}")
+    if reduce not in ("fp32", "bf16"):
+        raise ConfigError(f"train.fsdp_reduce_dtype must be fp32 or bf16, got {reduce!r}")
+    bf16 = mode == "bf16" or (mode == "auto" and device.type == "cuda" and uses_bf16(cfg, device))
+    if not bf16:
+        return None, None
+    return torch.bfloat16, (torch.bfloat16 if reduce == "bf16" else torch.float32)
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float):
@@ -107,17 +136,25 @@ def lr_lambda(total_steps: int, warmup_ratio: float):
     return fn
 
 
-def saved_state_dict(model: SequentialRecommender, cfg: Config) -> dict[str, torch.Tensor]:
-    """Weights worth saving: a frozen pretrained Item LLM is re-read from its path instead."""
-    state = model.state_dict()
+def saved_state_dict(model: SequentialRecommender, cfg: Config,
+                     state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Weights worth saving: a frozen pretrained Item LLM is re-read from its path instead.
+
+    `state`: an already gathered full state dict (FSDP); default `model.state_dict()`.
+    """
+    state = model.state_dict() if state is None else state
     if isinstance(model, HLLM) and model.item_llm.frozen and cfg.item_llm.init == "pretrained":
         state = {k: v for k, v in state.items() if not k.startswith("item_llm.backbone.")}
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def load_weights(model: SequentialRecommender, path: Path) -> None:
+    """Load unsharded safetensors weights (into a plain, DDP-wrapped or FSDP-sharded model)."""
     state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if is_fsdp(model):
+        missing, unexpected = load_full_state_dict(model, state)
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     allowed = "item_llm.backbone."
     really_missing = [k for k in missing if not k.startswith(allowed)]
     if really_missing or unexpected:
@@ -151,13 +188,16 @@ class Trainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(
                 {"run": {"model": self.model_name, "dataset": str(self.data)}, **cfg.to_dict()},
                 sort_keys=False))
-        self.ddp = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-                    if self.dist.enabled else self.model)
+        self._parallelize()
         decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        params = decay + no_decay
+        # The fused kernel needs every parameter on CUDA (DTensor shards included).
+        fused = bool(cfg.train.fused_adamw and params and all(p.is_cuda for p in params))
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.train.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr,
+            **({"fused": True} if fused else {}))
         self.steps_per_epoch = self._steps_per_epoch()
         total = self.steps_per_epoch * cfg.train.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -171,6 +211,35 @@ class Trainer:
                  "%d steps/epoch on %s x%d", self.model_name, self.split.num_users,
                  self.split.num_items, len(self.windows), n_params / 1e6, n_train / 1e6,
                  self.steps_per_epoch, self.device, self.dist.world_size)
+
+    def _parallelize(self) -> None:
+        """Compile layers if asked, then wrap for data parallelism (DDP or FSDP) under torchrun."""
+        cfg = self.cfg
+        if cfg.train.strategy not in STRATEGIES:
+            raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, "
+                              f"got {cfg.train.strategy!r}")
+        fsdp = cfg.train.strategy == "fsdp"
+        units = self.model.fsdp_units() if fsdp else []  # refuses models FSDP cannot shard
+        param_dtype, reduce_dtype = fsdp_dtypes(cfg, self.device) if fsdp else (None, None)
+        if cfg.train.compile:
+            # Layer by layer (module.compile keeps parameter names, so checkpoints do not
+            # change); FSDP's gather/free hooks run between the compiled layers.
+            layers = self.model.transformer_layers()
+            for layer in layers:
+                layer.compile()
+            log.info("torch.compile: %d transformer layers", len(layers))
+        self.fsdp = fsdp and self.dist.enabled
+        if self.fsdp:
+            shard_model(self.model, units, param_dtype, reduce_dtype,
+                        forward_methods=self.model.fsdp_forward_methods)
+            self.ddp = self.model
+            log.info("FSDP full shard over %d ranks: %d units, params %s, reduce %s",
+                     self.dist.world_size, len(units) + 1, param_dtype or torch.float32,
+                     reduce_dtype or torch.float32)
+        elif self.dist.enabled:
+            self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        else:
+            self.ddp = self.model
 
     def _build_model(self) -> None:
         """Data, split and model (with the frozen Item LLM's cached embeddings)."""
@@ -269,15 +338,22 @@ class Trainer:
         loss_total, stats = 0.0, {}
         for i, (seqs, mask) in enumerate(collated):
             last = i == len(collated) - 1
-            sync = nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
+            if self.fsdp:  # reduce-scatter gradients only after the last micro-batch
+                self.model.set_requires_gradient_sync(last)
+                sync = nullcontext()
+            else:
+                sync = nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
             with sync, autocast_context(cfg, self.device):
                 loss_sum, _, stats = self.ddp(seqs, mask, self._negatives(step * len(collated) + i),
                                               gather_with_grad, cfg.train.nce_threshold)
-                # DDP averages gradients over ranks; scale by world size to get the global sum.
+                # DDP (and FSDP's reduce-scatter) average gradients over ranks; scale by world
+                # size to get the global sum.
                 loss = loss_sum * self.dist.world_size / max(total, 1.0)
             loss.backward()
             loss_total += float(loss_sum.detach()) / max(total, 1.0)
         if cfg.train.max_grad_norm:
+            # Under FSDP the gradients are DTensor shards: clip_grad_norm_ reduces the squared
+            # norms over the ranks, so every rank clips by the global norm.
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -316,10 +392,15 @@ class Trainer:
     def ranks(self, stage: str) -> np.ndarray:
         """Ranks for all users; under DDP each rank scores a slice and the slices are joined."""
         users = list(range(self.split.num_users))[self.dist.rank::self.dist.world_size]
+        real = len(users)
+        if getattr(self, "fsdp", False):
+            # Every forward all-gathers parameters, so all ranks must run the same number of
+            # batches: pad the shorter slices with user 0 and drop those ranks afterwards.
+            users += [0] * (math.ceil(self.split.num_users / self.dist.world_size) - real)
         with autocast_context(self.cfg, self.device):
             mine = user_ranks(self.model, self.split, stage, max_len=self.cfg.data.max_history,
                               device=self.device, batch_size=self.cfg.train.eval_batch_size,
-                              users=users, progress=self.progress)
+                              users=users, progress=self.progress)[:real]
         if not self.dist.enabled:
             return mine
         import torch.distributed as dist
@@ -364,14 +445,22 @@ class Trainer:
 
     def _write_atomically(self, directory: Path, with_trainer_state: bool) -> None:
         """Write into DIR.tmp, then swap it in: a crash never leaves a half-written DIR."""
+        fsdp = getattr(self, "fsdp", False)
+        if fsdp:  # collectives: every rank sends its shards, rank 0 receives them on CPU
+            weights = full_state_dict(self.model)
+            optimizer = ({"optimizer_by_name": full_optimizer_state_dict(self.model, self.optimizer)}
+                         if with_trainer_state else {})
         if not self.dist.is_main:
             return
+        if not fsdp:
+            weights = self.model.state_dict()
+            optimizer = {"optimizer": self.optimizer.state_dict()} if with_trainer_state else {}
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(saved_state_dict(self.model, self.cfg), str(tmp / "model.safetensors"))
+        save_file(saved_state_dict(self.model, self.cfg, weights), str(tmp / "model.safetensors"))
         if with_trainer_state:
-            torch.save({"optimizer": self.optimizer.state_dict(),
+            torch.save({**optimizer,
                         "scheduler": self.scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -380,9 +469,21 @@ class Trainer:
         swap_dir(tmp, directory)
 
     def _load_checkpoint(self, directory: Path) -> None:
-        load_weights(self.model, directory / "model.safetensors")
         extra = torch.load(directory / "trainer.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(extra["optimizer"])
+        sharded = "optimizer_by_name" in extra
+        if sharded != self.fsdp:
+            # The optimizer state is keyed by parameter name under FSDP and by position
+            # otherwise; the weights themselves are the same unsharded file either way.
+            kinds = ("an FSDP run (train.strategy=fsdp under torchrun)",
+                     "a single-process or DDP run")
+            raise ConfigError(f"{directory}: the checkpoint was written by {kinds[not sharded]}, "
+                              f"but this run is {kinds[not self.fsdp]}; resume it the way it "
+                              "was started")
+        load_weights(self.model, directory / "model.safetensors")
+        if self.fsdp:
+            load_full_optimizer_state_dict(self.model, self.optimizer, extra["optimizer_by_name"])
+        else:
+            self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"])
         if torch.cuda.is_available() and extra["cuda_rng"]:

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from hllm.errors import ConfigError
 from hllm.models.loss import infonce
 
 
@@ -36,6 +37,19 @@ class SequentialRecommender(nn.Module):
         """(num_items + 1, D) vectors for every item (row 0: padding), computed once per eval."""
         ids = torch.arange(num_items + 1, device=device)
         return torch.cat([self.item_vectors(chunk) for chunk in ids.split(4096)])
+
+    # Methods that read parameters outside `forward` (evaluation); FSDP gathers the
+    # root's shards around them as it does around `forward`.
+    fsdp_forward_methods: tuple[str, ...] = ("all_item_vectors",)
+
+    def transformer_layers(self) -> list[nn.Module]:
+        """The transformer blocks (what train.compile compiles one by one)."""
+        return []
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Submodules sharded as their own FSDP units, children before parents."""
+        raise ConfigError(f"train.strategy=fsdp shards the HLLM towers; {type(self).__name__} "
+                          "is small enough to train with train.strategy=ddp")
 
     def clamp_logit_scale(self) -> None:
         """Keep exp(logit_scale) in [1, logit_scale_max], as HLLM does before every step."""

@@ -17,6 +17,7 @@ from hllm.config import Config
 from hllm.errors import ConfigError
 from hllm.models.base import SequentialRecommender
 from hllm.models.item_llm import ItemLLM
+from hllm.models.pretrained import decoder_layers
 from hllm.models.user_llm import UserLLM
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,9 @@ log = logging.getLogger(__name__)
 class HLLM(SequentialRecommender):
     def __init__(self, cfg: Config, item_texts: Sequence[dict[str, str]]):
         super().__init__(cfg.train.logit_scale_init, cfg.train.logit_scale_max)
-        self.item_llm = ItemLLM(cfg.item_llm)
-        self.user_llm = UserLLM(cfg.user_llm)
+        item_attn, user_attn = attention_implementations(cfg)
+        self.item_llm = ItemLLM(cfg.item_llm, attn_implementation=item_attn)
+        self.user_llm = UserLLM(cfg.user_llm, attn_implementation=user_attn)
         self.item_tokens = self.item_llm.tokenize(item_texts)  # index-aligned with item ids
         d_item, d_user = self.item_llm.hidden_size, self.user_llm.hidden_size
         mode = cfg.user_llm.item_proj
@@ -80,6 +82,18 @@ class HLLM(SequentialRecommender):
         # Dropout on the sequence input only (as SASRec does), never on the targets.
         return self.user_llm(self.input_dropout(item_vecs), mask)
 
+    def transformer_layers(self) -> list[nn.Module]:
+        return [*decoder_layers(self.item_llm.backbone, "train.compile / train.strategy=fsdp"),
+                *decoder_layers(self.user_llm.backbone, "train.compile / train.strategy=fsdp")]
+
+    def fsdp_units(self) -> list[nn.Module]:
+        # Children first: every transformer layer, then each tower (embeddings, final norm,
+        # the [ITEM] vector), then the projection; the root keeps only the logit scale.
+        units = [*self.transformer_layers(), self.item_llm, self.user_llm]
+        if any(True for _ in self.item_proj.parameters()):
+            units.append(self.item_proj)
+        return units
+
     @torch.no_grad()
     def all_item_vectors(self, num_items: int, device: torch.device) -> torch.Tensor:
         if self.item_cache.numel():
@@ -87,3 +101,23 @@ class HLLM(SequentialRecommender):
         else:
             raw = self.item_llm.encode_all(self.item_tokens, device=device).to(device)
         return torch.cat([self.item_proj(chunk) for chunk in raw.split(4096)])
+
+
+ATTN_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+def attention_implementations(cfg: Config) -> tuple[str, str]:
+    """(Item LLM, User LLM) attention kernels for `train.attn_implementation`.
+
+    auto: SDPA everywhere, except varlen flash attention for a packed causal Item LLM when
+    flash-attn is importable and training runs in bf16 on CUDA (flash has no fp32 kernels).
+    """
+    choice = cfg.train.attn_implementation
+    if choice not in ATTN_CHOICES:
+        raise ConfigError(f"train.attn_implementation must be one of {', '.join(ATTN_CHOICES)}, "
+                          f"got {choice!r}")
+    if choice != "auto":
+        return choice, choice
+    bf16 = cfg.train.precision == "bf16" or (
+        cfg.train.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return ("flash-if-packed" if bf16 else "sdpa"), "sdpa"

@@ -21,7 +21,8 @@ from hllm.config import ItemLLMConfig
 from hllm.data.item_text import (ByteTokenizer, HFTokenizer, ItemBatch, packed_batch,
                                  padded_batch, token_budget_chunks, tokenize_items)
 from hllm.errors import ConfigError
-from hllm.models.pretrained import enable_checkpointing, load_backbone, resolve_model_dir
+from hllm.models.pretrained import (decoder_layers, enable_checkpointing, flash_attn_available,
+                                    load_backbone, resolve_model_dir)
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,26 @@ ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpn
 
 
 class ItemLLM(nn.Module):
-    def __init__(self, cfg: ItemLLMConfig):
+    def __init__(self, cfg: ItemLLMConfig, attn_implementation: str = "sdpa"):
+        """`attn_implementation`: sdpa | eager | flash_attention_2, or "flash-if-packed":
+        flash_attention_2 (varlen over the packed rows, no dense row x row mask) when the
+        model is a causal decoder and batches are packed, sdpa otherwise."""
         super().__init__()
         if cfg.pooling not in ("item_token", "mean"):
             raise ConfigError(f"item_llm.pooling must be item_token or mean, got {cfg.pooling!r}")
         self.cfg = cfg
+        wanted = "sdpa" if attn_implementation == "flash-if-packed" else attn_implementation
         self.backbone = load_backbone(cfg.path, cfg.init, cfg.arch,
-                                      trust_remote_code=cfg.trust_remote_code)
+                                      trust_remote_code=cfg.trust_remote_code,
+                                      attn_implementation=wanted)
         config = self.backbone.config
         self.hidden_size: int = config.hidden_size
         self.causal = config.model_type not in ENCODER_TYPES
+        if (attn_implementation == "flash-if-packed" and self.causal and cfg.packed
+                and flash_attn_available()):
+            # Packed rows restart position_ids per item; transformers turns that into
+            # varlen flash attention (cu_seqlens), so no item attends to its row neighbours.
+            self.backbone.set_attn_implementation("flash_attention_2")
         self.tokenizer = self._tokenizer()
         # The [ITEM] slot's input embedding: not a vocabulary entry, init N(0, 0.02) as in HLLM.
         self.item_token = (nn.Parameter(torch.randn(1, self.hidden_size) * 0.02)
@@ -70,7 +81,7 @@ class ItemLLM(nn.Module):
             if self.item_token is not None:
                 self.item_token.requires_grad_(False)
             return
-        layers = _decoder_layers(self.backbone)
+        layers = decoder_layers(self.backbone, "item_llm.trainable=top-k")
         if not 0 < top_k <= len(layers):
             raise ConfigError(f"item_llm.top_k_layers={top_k} but the model has {len(layers)} layers")
         for layer in layers[-top_k:]:
@@ -150,12 +161,3 @@ class ItemLLM(nn.Module):
         self.train(was_training)
         return out
 
-
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks (Llama: .layers, BERT: .encoder.layer)."""
-    n = model.config.num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ConfigError(f"cannot find the {n} transformer layers of {type(model).__name__} "
-                      "for item_llm.trainable=top-k")

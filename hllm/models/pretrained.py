@@ -112,3 +112,20 @@ def enable_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def flash_attn_available() -> bool:
+    """flash-attn is importable and a CUDA device is present (it has no CPU kernels)."""
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def decoder_layers(model, purpose: str = "this setting"):
+    """The stack of transformer blocks (Llama: .layers, BERT: .encoder.layer)."""
+    from torch import nn
+
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ConfigError(f"cannot find the {n} transformer layers of {type(model).__name__} "
+                      f"for {purpose}")

@@ -35,6 +35,9 @@ class SASRec(SequentialRecommender):
     def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
         return self.item_emb(item_ids)
 
+    def transformer_layers(self) -> list[nn.Module]:
+        return list(self.blocks.layers)
+
     def user_states(self, item_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         length = item_vecs.size(1)
         positions = torch.arange(length, device=item_vecs.device)

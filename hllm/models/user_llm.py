@@ -10,10 +10,11 @@ from hllm.models.pretrained import enable_checkpointing, load_backbone
 
 
 class UserLLM(nn.Module):
-    def __init__(self, cfg: UserLLMConfig):
+    def __init__(self, cfg: UserLLMConfig, attn_implementation: str = "sdpa"):
         super().__init__()
         self.backbone = load_backbone(cfg.path, cfg.init, cfg.arch,
-                                      trust_remote_code=cfg.trust_remote_code)
+                                      trust_remote_code=cfg.trust_remote_code,
+                                      attn_implementation=attn_implementation)
         self.hidden_size: int = self.backbone.config.hidden_size
         # The word-embedding table is never read (inputs are item vectors): freeze it so
         # the optimizer skips it and DDP does not wait for a gradient that never comes.
