@@ -285,8 +285,12 @@ def build_knowledge(rows: MSRRows, enc: Encoded, cfg: KnowledgeConfig, *,
     llm = None
     scen_prompts = scenario_prompts(enc.scenarios)
     user_p = user_prompts(rows, enc.knowledge_users, cfg.items_per_scenario)
-    # Load the LLM once, and only when at least one of the two tables misses the cache.
-    if not (cache_path(scen_prompts, cfg).exists() and cache_path(user_p, cfg).exists()) or cfg.generate_text:
+    # Load the LLM once, and only when at least one of the two tables (or, with
+    # generation on, their texts) misses the cache.
+    paths = [cache_path(p, cfg) for p in (scen_prompts, user_p)]
+    cached = all(p.exists() and (not cfg.generate_text or p.with_suffix(".json").exists())
+                 for p in paths)
+    if not cached:
         llm = FrozenLLM(cfg)
     scen = extract_knowledge(scen_prompts, cfg, device=device, progress=progress, llm=llm)
     users = extract_knowledge(user_p, cfg, device=device, progress=progress, llm=llm)
