@@ -5,6 +5,7 @@
     torchrun --nproc-per-node 8 bench/train_step_mfu.py --fsdp        # FSDP full shard, 8 GPUs
     python bench/train_step_mfu.py --tiny                  # cpu-tiny shapes on CPU (checks the script)
     python bench/train_step_mfu.py --derive-memory --ranks 1,2,4,8,16   # per-rank memory formula
+    python bench/train_step_mfu.py --calibrate-cpu         # formula vs measured CPU tensor peaks
 
 Both towers get random weights of the preset's shapes and a byte tokenizer, on a
 synthetic dataset whose items have about --item-len tokens of text. Steps go through
@@ -21,12 +22,16 @@ real tokens of the distinct items each rank encodes (padding excluded) and the r
 positions of the user sequences; recomputation under activation checkpointing and the
 InfoNCE logits are not counted (the usual MFU convention). Peak: H100 SXM and H200
 989 TFLOP/s, A100 312 TFLOP/s (dense bf16); --peak-tflops overrides.
+
+--calibrate-cpu (part of --derive-memory when no GPU is present, ~1 min on 2 cores)
+measures the peak bytes of live CPU tensors in one training step of three small HLLM
+configs (bf16 weights, hllm-1b's settings), compares each with the memory formula at the
+same shapes and prints the hllm-1b/7b table scaled by the worst measured/formula ratio.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -293,11 +298,15 @@ def memory_inputs(cfg: Config, ranks: int, fsdp: bool = True, item_len: int | No
         item_len=(item_len or cfg.item_llm.max_text_len) + 1, pack_len=cfg.item_llm.pack_len)
 
 
-def derive_memory(m: MemoryInputs) -> dict[str, float]:
-    """Per-rank peak bytes, by component (see print_derivation for the formula)."""
+def derive_memory(m: MemoryInputs, t_item: float | None = None,
+                  t_user: float | None = None) -> dict[str, float]:
+    """Per-rank peak bytes, by component (see print_derivation for the formula).
+
+    t_item, t_user: token counts to use instead of the formula's upper bounds."""
     n = m.ranks
     items = m.batch * (m.history + 1) + m.negatives / n  # distinct items per rank, at most
-    t_item, t_user = items * m.item_len, m.batch * m.history
+    t_item = items * m.item_len if t_item is None else t_item
+    t_user = m.batch * m.history if t_user is None else t_user
     res = 2 if m.fsdp else 4  # residual stream: bf16 under FSDP bf16, fp32 under plain autocast
     out = {}
     if m.fsdp:
@@ -346,10 +355,17 @@ def print_derivation(configs: list[Config], ranks: list[int], item_len: int | No
                   f"{d['layer'] / 2**30:.1f} | {d['total'] / 2**30:.1f} |")
 
 
+def _yaml_value(value) -> str:
+    """A --set value that parses back to `value` (json.dumps writes 1e-05, a YAML string)."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+
+
 def calibrate(args: argparse.Namespace, workdir: Path) -> None:
     """On a GPU: measure a 2+2-layer model of the hllm-1b widths and compare with the formula."""
     two_layers = {**load_config("hllm-1b").item_llm.arch, "num_hidden_layers": 2}
-    arch = json.dumps(two_layers)  # JSON is YAML: parsed like any --set value
+    arch = _yaml_value(two_layers)
     small = argparse.Namespace(**{**vars(args), "tiny": False, "preset": "hllm-1b",
                                   "batch_size": 2, "num_negatives": 64, "max_history": 20,
                                   "set": [f"item_llm.arch={arch}", f"user_llm.arch={arch}",
@@ -368,6 +384,169 @@ def calibrate(args: argparse.Namespace, workdir: Path) -> None:
               f"batch 2, history 20, negatives 64, items ~{item_len} tokens: "
               f"max_memory_allocated {measured / 2**30:.2f} GiB vs derived {derived / 2**30:.2f} GiB "
               f"(measured/derived {measured / derived:.2f})")
+
+
+# ---------------------------------------------------------------- CPU calibration
+
+# Small HLLM configurations measured on CPU (L layers per tower, width d, MLP width i,
+# mean item text length in tokens); head size 64 and TinyLlama's 8:1 query:KV heads.
+CPU_CALIBRATION = ((2, 256, 704, 64), (2, 512, 1408, 64), (4, 256, 704, 128))
+
+
+def _live_tensor_bytes() -> int:
+    """Bytes of every CPU tensor storage reachable from Python (each storage counted once)."""
+    import gc
+
+    gc.collect()
+    seen: dict[int, int] = {}
+    for obj in gc.get_objects():
+        # issubclass(type(...)): isinstance would read __class__ of deprecated objects.
+        if not issubclass(type(obj), torch.Tensor) or obj.device.type != "cpu" or obj.is_meta:
+            continue
+        storage = obj.untyped_storage()
+        if storage.nbytes():
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+    return sum(seen.values())
+
+
+def _profiled_peak(fn) -> tuple[int, int]:
+    """Run fn under torch.profiler(profile_memory=True); (peak, final) bytes allocated net of
+    frees, relative to the start. Frees of blocks allocated before the start are not reported
+    by the profiler, so both are upper bounds."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    allocs, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            allocs.append((node.start_time_ns, node.extra_fields.alloc_size))
+    running = peak = 0
+    for _, size in sorted(allocs):
+        running += size
+        peak = max(peak, running)
+    return peak, running
+
+
+def cpu_formula(m: MemoryInputs, t_item: float, t_user: float) -> dict[str, float]:
+    """derive_memory at N=1 with the parameter terms for what the CPU run holds, at the
+    token counts of the measured step (not the formula's upper bounds on them).
+
+    The formula's activation terms (checkpoints, layer) already assume bf16 compute copies
+    of the weights and are kept as they are. Its states term assumes fp32 master weights,
+    fp32 gradients and fp32 Adam states, and its gathered term FSDP's unsharded bf16 copies;
+    the single CPU process instead trains the bf16 weights in place (bf16 parameters,
+    gradients and Adam m, v: 8 B per trainable and 2 B per frozen parameter) and gathers
+    nothing.
+    """
+    d = derive_memory(m, t_item, t_user)
+    d["states"] = 8 * m.p_trainable + 2 * m.p_frozen
+    d["gathered"] = 0.0
+    d["total"] = d["states"] + d["gathered"] + d["checkpoints"] + d["layer"]
+    return d
+
+
+def measure_cpu_peak(args: argparse.Namespace, workdir: Path, layers: int, hidden: int,
+                     inter: int, item_len: int) -> dict:
+    """Peak bytes of live CPU tensors during one training step of a small HLLM config.
+
+    Both towers get hllm-1b's settings (vocabulary, activation checkpointing, packed
+    items, sdpa) at the given depth and width; batch 4, history 20, 64 negatives. After
+    Trainer.setup every parameter is cast to bf16 (what FSDP's bf16 param_dtype computes
+    with) and the step runs under bf16 autocast, as on CUDA. One unmeasured step allocates
+    the Adam states; the second step (forward, backward, clipping, AdamW, zero_grad) is
+    measured: live tensor bytes before it + the profiler's peak of net allocations in it.
+    """
+    heads = hidden // 64
+    arch = {**load_config("hllm-1b").item_llm.arch, "num_hidden_layers": layers,
+            "hidden_size": hidden, "intermediate_size": inter, "num_attention_heads": heads,
+            "num_key_value_heads": max(1, heads // 8)}
+    spec = _yaml_value(arch)
+    small = argparse.Namespace(**{**vars(args), "tiny": False, "preset": "hllm-1b",
+                                  "batch_size": 4, "num_negatives": 64, "max_history": 20,
+                                  "compile": False, "fsdp": False,
+                                  "set": [f"item_llm.arch={spec}", f"user_llm.arch={spec}",
+                                          "train.precision=bf16", *args.set]})
+    cfg = bench_config(small)
+    label = f"cpu-{layers}x{hidden}-{item_len}"
+    data = write_dataset(workdir / f"data-{label}", 3 * cfg.train.batch_size + 1, 4000,
+                         cfg.data.max_history + 3, item_len)
+    trainer = Trainer(cfg, "hllm", str(data), workdir / f"run-{label}", progress=False)
+    if trainer.device.type != "cpu" or trainer.dist.enabled:
+        raise SystemExit("--calibrate-cpu runs in one CPU process: not under torchrun, and with "
+                         "no visible GPU (CUDA_VISIBLE_DEVICES=)")
+    t0 = time.perf_counter()
+    trainer.setup()
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.data = p.data.to(torch.bfloat16)
+    trainer.model.train()
+    groups = [[b] for b in trainer._epoch_batches(0)[:2]]
+    trainer._optimizer_step(groups[0], 0)  # allocates the AdamW states
+    baseline = _live_tensor_bytes()
+    t1 = time.perf_counter()
+    extra, leftover = _profiled_peak(lambda: trainer._optimizer_step(groups[1], 1))
+    step_s = time.perf_counter() - t1
+    work = step_work(trainer, groups[1], 1)  # the step's real item and user token counts
+    seqs, _ = trainer._collate(groups[1][0])
+    distinct = len(torch.unique(torch.cat([seqs.flatten(), trainer._negatives(1)])))
+    m = memory_inputs(cfg, 1, fsdp=True, item_len=item_len, label=label)
+    return {"label": label, "inputs": m, "baseline": baseline, "extra": extra,
+            "leftover": leftover, "measured": baseline + extra,
+            "formula": cpu_formula(m, work.item_tokens, work.user_tokens),
+            "nominal": derive_memory(m), "distinct_items": distinct,
+            "item_tokens": work.item_tokens, "user_tokens": work.user_tokens,
+            "step_s": step_s, "total_s": time.perf_counter() - t0}
+
+
+def calibrate_cpu(args: argparse.Namespace, workdir: Path, ranks: list[int]) -> None:
+    """Measure CPU_CALIBRATION, compare with the formula, print the presets' table scaled."""
+    gib, mib = 2**30, 2**20
+    print("\nCPU CALIBRATION (measured): peak bytes of live CPU tensors in one training step "
+          "(forward + backward + clipping + AdamW) of small HLLM configs in 1 process with "
+          "hllm-1b's settings (activation checkpointing on both towers, packed items, sdpa, "
+          "vocabulary 32000), bf16 parameters under bf16 autocast, batch 4, history 20, "
+          "negatives 64, 4000 items; measured = live tensors before the step + "
+          "torch.profiler(profile_memory=True) peak of net allocations during it")
+    print("  formula at N=1 and the step's real token counts; dtype adjustment: states = "
+          "8 B x trainable + 2 B x frozen params (bf16 weights, grads and Adam m, v trained in "
+          "place, instead of 16 B / 4 B), gathered = 0 (no FSDP copies); checkpoints and layer "
+          "as in the formula (it already assumes bf16 activations)")
+    print("  | L x d, i, item_len | distinct items; item + user tokens | measured MiB "
+          "(before + in step) | formula MiB = states + gathered + checkpoints + layer | "
+          "measured/formula | s |")
+    print("  |---|---|---|---|---|---|")
+    ratios = []
+    for layers, hidden, inter, item_len in CPU_CALIBRATION:
+        r = measure_cpu_peak(args, workdir, layers, hidden, inter, item_len)
+        f, nominal = r["formula"], r["nominal"]
+        ratios.append(r["measured"] / f["total"])
+        print(f"  | {layers} x {hidden}, {inter}, {item_len + 1} | {r['distinct_items']}; "
+              f"{r['item_tokens']:,} + {r['user_tokens']:,} (bound {nominal['tokens_item']:,.0f} + "
+              f"{nominal['tokens_user']:,.0f}) | {r['measured'] / mib:.0f} "
+              f"({r['baseline'] / mib:.0f} + {r['extra'] / mib:.0f}) | {f['total'] / mib:.0f} = "
+              f"{f['states'] / mib:.0f} + {f['gathered'] / mib:.0f} + {f['checkpoints'] / mib:.0f}"
+              f" + {f['layer'] / mib:.0f} | {ratios[-1]:.3f} | {r['total_s']:.0f} |", flush=True)
+    worst = max(ratios)
+    scale = max(worst, 1.0)
+    print(f"  worst measured/formula: {worst:.3f}; the table below is the formula (hllm-1b/7b "
+          f"settings, token upper bounds) x {scale:.3f}"
+          + ("" if worst >= 1 else " (never scaled below the formula)"))
+    print("\nCALIBRATED per-rank peak GPU memory, GiB (derived: formula calibrated on measured CPU "
+          "tensor peaks of smaller configurations; not measured on a GPU (allocator "
+          "fragmentation, CUDA workspaces and NCCL buffers not included)); FSDP full shard, "
+          "bf16 params, activation checkpointing, item_len 257, 512 negatives")
+    print("  | preset (batch/rank) | " + " | ".join(f"N={n}" for n in ranks) + " |")
+    print("  |---|" + "---|" * len(ranks))
+    for preset in ("hllm-1b", "hllm-7b"):
+        cfg = load_config(preset)
+        m0 = memory_inputs(cfg, 1)
+        cells = [derive_memory(memory_inputs(cfg, n))["total"] * scale / gib for n in ranks]
+        print(f"  | {preset} ({m0.p_trainable / 1e9:.2f}B trainable, batch {m0.batch}) | "
+              + " | ".join(f"{c:.1f}" for c in cells) + " |")
 
 
 # ---------------------------------------------------------------- main
@@ -391,8 +570,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config override, as for hllm train")
     p.add_argument("--derive-memory", action="store_true",
-                   help="print the per-rank memory formula for hllm-1b and hllm-7b (and calibrate "
-                        "it on a GPU)")
+                   help="print the per-rank memory formula for hllm-1b and hllm-7b and calibrate "
+                        "it (max_memory_allocated on a GPU; --calibrate-cpu without one)")
+    p.add_argument("--calibrate-cpu", action="store_true",
+                   help="measure the peak live CPU tensor bytes of small configs, compare with the "
+                        "memory formula and print the hllm-1b/7b table scaled by the worst ratio "
+                        "(part of --derive-memory when no GPU is present)")
     p.add_argument("--ranks", default="1,2,4,8,16", help="N values for --derive-memory")
     args = p.parse_args(argv)
     tiny = args.tiny
@@ -405,15 +588,18 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HLLM_CACHE", tempfile.mkdtemp(prefix="hllm-bench-cache-"))
     with tempfile.TemporaryDirectory(prefix="hllm-mfu-") as tmp:
         workdir = Path(tmp)
+        ranks = [int(x) for x in args.ranks.split(",")]
         if args.derive_memory:
             if int(os.environ.get("RANK", "0")) == 0:
-                print_derivation([load_config("hllm-1b"), load_config("hllm-7b")],
-                                 [int(x) for x in args.ranks.split(",")], None)
+                print_derivation([load_config("hllm-1b"), load_config("hllm-7b")], ranks, None)
             if torch.cuda.is_available():
                 calibrate(args, workdir)
             else:
-                print("\n(no GPU: no calibration measurement; run this on a GPU to compare the "
-                      "formula with torch.cuda.max_memory_allocated at a small config)")
+                print("\n(no GPU: no torch.cuda.max_memory_allocated calibration; run this on a GPU "
+                      "to compare the formula with it at a small config)")
+        if args.calibrate_cpu or (args.derive_memory and not torch.cuda.is_available()):
+            calibrate_cpu(args, workdir, ranks)
+        if args.derive_memory or args.calibrate_cpu:
             return
         cfg = bench_config(args)
         result = run_steps(cfg, args, workdir, args.steps, args.warmup, args.item_len, "bench")

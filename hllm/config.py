@@ -217,7 +217,7 @@ def hllm_7b() -> Config:
     """HLLM-7B shapes (Baichuan2-7B / Llama-7B class) for both tiers; multi-GPU only.
 
     13B trainable parameters need ~195 GiB of fp32 weights, gradients and Adam states, so
-    the towers are sharded with FSDP (`bench/train_step_mfu.py --derive-memory`: ~56 GiB
+    the towers are sharded with FSDP (`bench/train_step_mfu.py --derive-memory`: ~63 GiB
     per rank on 8 GPUs at these settings).
     """
     arch = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
