@@ -120,24 +120,13 @@ def report_msr(validation: Input[Dataset], features: Input[Dataset], knowledge: 
                llm4msr_evaluation: Input[Dataset], registration: Input[Dataset],
                gate: Input[Dataset], tracking_uri: str, report_uri: str, pipeline_run_id: str,
                report: Output[HTML], summary: Output[Artifact]):
-    """hllm.msr.report.write_report over the step artifacts; links it from the version."""
-    import os
-    import shutil
-    import tempfile
-
+    """hllm.report.publish_report with hllm.msr.report's writer; links it from the version."""
     from hllm.msr.report import write_report
-    from hllm.report import link_report, step_record
+    from hllm.report import publish_report
 
     steps = {"validate": validation, "features": features, "knowledge": knowledge,
              "train_backbone": backbone, "train_llm4msr": llm4msr,
              "evaluate_backbone": backbone_evaluation, "evaluate_llm4msr": llm4msr_evaluation,
              "register": registration, "gate": gate}
-    with tempfile.TemporaryDirectory() as run_dir:
-        for name, artifact in steps.items():
-            os.symlink(artifact.path, os.path.join(run_dir, name))
-        result = write_report(run_dir, run_dir, pipeline_run_id=pipeline_run_id,
-                              steps={n: step_record(a) for n, a in steps.items()})
-        shutil.copyfile(os.path.join(run_dir, "report.html"), report.path)
-        shutil.copyfile(os.path.join(run_dir, "summary.json"), summary.path)
-    versions = [(v["name"], v["version"]) for v in result["registry"]["versions"]]
-    link_report(versions, report_uri or report.uri, tracking_uri=tracking_uri or None)
+    publish_report(steps, report, summary, writer=write_report, tracking_uri=tracking_uri,
+                   report_uri=report_uri, pipeline_run_id=pipeline_run_id)

@@ -13,26 +13,15 @@ def report_run(validation: Input[Dataset], features: Input[Dataset], hllm: Input
                registration: Input[Dataset], gate: Input[Dataset], tracking_uri: str,
                report_uri: str, pipeline_run_id: str, report: Output[HTML],
                summary: Output[Artifact]):
-    """hllm.report.write_report over the step artifacts; links the report from the version."""
-    import os
-    import shutil
-    import tempfile
-
-    from hllm.report import link_report, step_record, write_report
+    """hllm.report.publish_report over the step artifacts; links the report from the version."""
+    from hllm.report import publish_report
 
     steps = {"validate": validation, "features": features, "train_hllm": hllm,
              "train_sasrec": sasrec, "evaluate_hllm": hllm_evaluation,
              "evaluate_sasrec": sasrec_evaluation, "export_onnx": onnx,
              "register": registration, "gate": gate}
-    with tempfile.TemporaryDirectory() as run_dir:
-        for name, artifact in steps.items():
-            os.symlink(artifact.path, os.path.join(run_dir, name))
-        result = write_report(run_dir, run_dir, pipeline_run_id=pipeline_run_id,
-                              steps={n: step_record(a) for n, a in steps.items()})
-        shutil.copyfile(os.path.join(run_dir, "report.html"), report.path)
-        shutil.copyfile(os.path.join(run_dir, "summary.json"), summary.path)
-    versions = [(v["name"], v["version"]) for v in result["registry"]["versions"]]
-    link_report(versions, report_uri or report.uri, tracking_uri=tracking_uri or None)
+    publish_report(steps, report, summary, tracking_uri=tracking_uri, report_uri=report_uri,
+                   pipeline_run_id=pipeline_run_id)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -8,7 +8,7 @@ pod, as always. With more, the step launches a Kubeflow PyTorchJob instead (Mast
 nodes - 1 Workers, torchrun with gpus_per_node processes each; hllm.pytorchjob), waits
 for it, and copies the run it wrote to S3 into the artifact. `data` must then be an
 s3:// URI. `job_image` is the image the job runs; the pipeline passes the CUDA image it
-was compiled with (empty: components.images.CUDA_IMAGE as resolved inside the pod).
+was compiled with; left empty, a multi-GPU step refuses to start (hllm.pytorchjob.train_placed).
 """
 
 from kfp import dsl
@@ -21,22 +21,14 @@ from components.images import CUDA_IMAGE
 def train_hllm(data: str, data_version: str, preset: str, config_file: str,
                model: Output[Model], metrics: Output[Metrics], nodes: int = 1,
                gpus_per_node: int = 1, job_image: str = ""):
-    """hllm.train.train(model_name="hllm"): config.yaml, best/, log.jsonl, metrics.json."""
-    from hllm.config import load_config
+    """hllm.pytorchjob.train_placed("hllm"): config.yaml, best/, log.jsonl, metrics.json."""
+    from hllm.pytorchjob import train_placed
     from hllm.report import log_metrics, step_timer
-    from hllm.train import train
 
     with step_timer(model, "train_hllm"):
-        if nodes > 1 or gpus_per_node > 1:
-            from components.images import CUDA_IMAGE
-            from hllm.pytorchjob import train_distributed
-
-            result = train_distributed("hllm", data, model.path, preset=preset,
-                                       config_file=config_file, nodes=nodes,
-                                       gpus_per_node=gpus_per_node,
-                                       image=job_image or CUDA_IMAGE)
-        else:
-            result = train(load_config(preset, config_file or None), "hllm", data, model.path)
+        result = train_placed("hllm", data, model.path, preset=preset, config_file=config_file,
+                              nodes=nodes, gpus_per_node=gpus_per_node,
+                              image=job_image)
     log_metrics(metrics, result)
     model.metadata.update(model="hllm", preset=preset, split_sha256=result["split_sha256"],
                           nodes=nodes, gpus_per_node=gpus_per_node)
@@ -46,22 +38,14 @@ def train_hllm(data: str, data_version: str, preset: str, config_file: str,
 def train_sasrec(data: str, data_version: str, preset: str, config_file: str,
                  model: Output[Model], metrics: Output[Metrics], nodes: int = 1,
                  gpus_per_node: int = 1, job_image: str = ""):
-    """hllm.train.train(model_name="sasrec"): the baseline the gate compares against."""
-    from hllm.config import load_config
+    """hllm.pytorchjob.train_placed("sasrec"): the baseline the gate compares against."""
+    from hllm.pytorchjob import train_placed
     from hllm.report import log_metrics, step_timer
-    from hllm.train import train
 
     with step_timer(model, "train_sasrec"):
-        if nodes > 1 or gpus_per_node > 1:
-            from components.images import CUDA_IMAGE
-            from hllm.pytorchjob import train_distributed
-
-            result = train_distributed("sasrec", data, model.path, preset=preset,
-                                       config_file=config_file, nodes=nodes,
-                                       gpus_per_node=gpus_per_node,
-                                       image=job_image or CUDA_IMAGE)
-        else:
-            result = train(load_config(preset, config_file or None), "sasrec", data, model.path)
+        result = train_placed("sasrec", data, model.path, preset=preset, config_file=config_file,
+                              nodes=nodes, gpus_per_node=gpus_per_node,
+                              image=job_image)
     log_metrics(metrics, result)
     model.metadata.update(model="sasrec", preset=preset, split_sha256=result["split_sha256"],
                           nodes=nodes, gpus_per_node=gpus_per_node)

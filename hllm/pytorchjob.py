@@ -304,6 +304,20 @@ def train_distributed(model: str, data: str, out: str | Path, *, preset: str = "
     return json.loads(metrics.read_text())
 
 
+def train_placed(model: str, data: str, out: str | Path, *, preset: str = "", config_file: str = "",
+                 nodes: int = 1, gpus_per_node: int = 1, image: str = "") -> dict[str, Any]:
+    """The pipeline's train step: in this process at 1 x 1, as a PyTorchJob above that."""
+    if nodes > 1 or gpus_per_node > 1:
+        if not image:
+            raise ValueError("a multi-GPU train step needs the image its PyTorchJob runs")
+        return train_distributed(model, data, out, preset=preset, config_file=config_file,
+                                 nodes=nodes, gpus_per_node=gpus_per_node, image=image)
+    from hllm.config import load_config
+    from hllm.train import train
+
+    return train(load_config(preset or None, config_file or None), model, data, out)
+
+
 # ------------------------------------------------------------------ inside the job's pods
 
 def launch(command: Sequence[str], environ: Mapping[str, str] | None = None) -> int:

@@ -189,6 +189,31 @@ def write_rejected(validation_dir: str | Path, summary_path: str | Path, *,
     return summary
 
 
+def publish_report(steps: dict[str, Any], report: Any, summary: Any, *, writer=None,
+                   tracking_uri: str = "", report_uri: str = "", pipeline_run_id: str = "") -> dict[str, Any]:
+    """The pipelines' report step: step artifacts (KFP) -> report.html + summary.json
+    artifacts, and a `report_uri` tag on every registered version.
+
+    The artifacts are linked into a temporary run directory under their step names, the
+    layout `writer` (default: this module's write_report) reads.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    writer = writer or write_report
+    with tempfile.TemporaryDirectory() as run_dir:
+        for name, artifact in steps.items():
+            os.symlink(artifact.path, os.path.join(run_dir, name))
+        result = writer(run_dir, run_dir, pipeline_run_id=pipeline_run_id,
+                        steps={n: step_record(a) for n, a in steps.items()})
+        shutil.copyfile(os.path.join(run_dir, "report.html"), report.path)
+        shutil.copyfile(os.path.join(run_dir, "summary.json"), summary.path)
+    versions = [(v["name"], v["version"]) for v in result["registry"]["versions"]]
+    link_report(versions, report_uri or report.uri, tracking_uri=tracking_uri or None)
+    return result
+
+
 def link_report(versions: Sequence[tuple[str, str]], report_uri: str,
                 tracking_uri: str | None = None) -> None:
     """Tag each registered version with where its run report lives (lineage for reviewers)."""

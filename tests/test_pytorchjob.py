@@ -245,5 +245,31 @@ def test_train_components_take_nodes_and_gpus_per_node():
     for component in (train_hllm, train_sasrec):
         inputs = component.component_spec.inputs
         assert inputs["nodes"].default == 1 and inputs["gpus_per_node"].default == 1
-        assert inputs["job_image"].default == ""  # the body falls back to CUDA_IMAGE
+        assert inputs["job_image"].default == ""  # the pipeline passes it (below)
         assert component.component_spec.implementation.container.image == CUDA_IMAGE
+
+
+def test_pipeline_passes_the_job_image_and_node_counts(tmp_path):
+    from components.images import CUDA_IMAGE
+    from pipelines.training import compile_pipeline
+
+    spec = next(yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "p.yaml"))).read_text()))
+    tasks = {n: t for c in spec["components"].values() for n, t in c.get("dag", {}).get("tasks", {}).items()}
+    for name in ("train-hllm", "train-sasrec"):
+        params = tasks[name]["inputs"]["parameters"]
+        assert params["job_image"]["runtimeValue"]["constant"] == CUDA_IMAGE
+        assert params["nodes"]["componentInputParameter"].endswith("train_nodes")
+        assert params["gpus_per_node"]["componentInputParameter"].endswith("train_gpus_per_node")
+
+
+def test_train_placed_goes_to_a_job_only_above_one_gpu(tmp_path):
+    # Above 1 x 1 it is the job path (which needs an image and s3:// data) ...
+    with pytest.raises(ValueError, match="image"):
+        pj.train_placed("hllm", "s3://bucket/data", tmp_path / "a", nodes=2)
+    with pytest.raises(ValueError, match="s3://"):
+        pj.train_placed("hllm", str(tmp_path), tmp_path / "b", gpus_per_node=2, image="img:1")
+    # ... at 1 x 1 it trains here: a bad local dataset fails in the reader, not the job code.
+    from hllm.errors import HLLMError
+
+    with pytest.raises(HLLMError):
+        pj.train_placed("sasrec", str(tmp_path / "missing"), tmp_path / "c", preset="cpu-tiny")
