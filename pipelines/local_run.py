@@ -175,7 +175,7 @@ def describe(run: LocalRun) -> str:
         m = model["metrics"]
         if s.get("pipeline") == "llm4msr":
             per = "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in m.items() if k.startswith("auc/"))
-            lines.append(f"  {model['model']:14s} AUC {m['auc']:.4f} logloss {m['logloss']:.4f} | {per}")
+            lines.append(f"  {model['model']:21s} AUC {m['auc']:.4f} logloss {m['logloss']:.4f} | {per}")
             continue
         lines.append(f"  {name:7s} " + "  ".join(f"{k} {m[k]:.4f}" for k in
                                                ("recall@10", "recall@50", "recall@200", "ndcg@10")

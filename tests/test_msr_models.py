@@ -1,11 +1,21 @@
-"""STAR pieces against hand-computed cases; MMoE and LLM4MSR meta networks: shapes and gradients."""
+"""STAR pieces against hand-computed cases; MMoE, Shared-Bottom, PLE and LLM4MSR meta networks:
+shapes, gradients, and PLE's gating and scenario isolation by hand."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hllm.msr.backbones import MMoE, STAR, PartitionedNorm, StarLinear
+from hllm.msr.backbones import (
+    PLE,
+    STAR,
+    MMoE,
+    PartitionedNorm,
+    SharedBottom,
+    StarLinear,
+    build_backbone,
+)
+from hllm.msr.config import MSRModelConfig
 from hllm.msr.meta import LLM4MSR, MetaLayer, bce_loss
 
 CARDS = {"user": 6, "item": 9, "scenario": 3, "age": 4}
@@ -89,7 +99,7 @@ def test_meta_layer_shapes():
     assert layer(torch.randn(5, 4), torch.randn(5, 12)).shape == (5, 4)
 
 
-@pytest.mark.parametrize("backbone_cls", [STAR, MMoE])
+@pytest.mark.parametrize("backbone_cls", [STAR, MMoE, SharedBottom, PLE])
 def test_llm4msr_shapes_and_gradients_reach_meta_networks(backbone_cls):
     torch.manual_seed(0)
     backbone = backbone_cls(CARDS, ("age",), embed_dim=4, hidden=(8, 6))
@@ -115,3 +125,124 @@ def test_llm4msr_output_depends_on_the_user_knowledge():
     a = model(batch)[1]
     b = model(dict(batch, user_k=(batch["user_k"] + 1) % 5))[1]
     assert not torch.allclose(a, b)
+
+
+def _ple(levels: int = 1, **kw) -> PLE:
+    torch.manual_seed(0)
+    return PLE(CARDS, ("age",), embed_dim=4, hidden=(8, 6), num_experts=2, specific_experts=2,
+               levels=levels, tower_hidden=5, **kw)
+
+
+def test_shared_bottom_h_is_the_shared_mlp_and_towers_are_per_scenario():
+    torch.manual_seed(0)
+    model = SharedBottom(CARDS, ("age",), embed_dim=4, hidden=(8, 6), tower_hidden=5).eval()
+    batch = _batch()
+    h, logit = model(batch)
+    assert h.shape == (8, 6) and logit.shape == (8,) and model.out_dim == 6
+    torch.testing.assert_close(h, model.bottom(model.embedding(batch)))
+    # scenario 2's tower changed: only rows of scenario 2 move
+    with torch.no_grad():
+        model.tower_w2[2].neg_()
+        model.tower_b2[2].add_(1.0)
+    moved = model(batch)[1] != logit
+    assert moved.tolist() == (batch["scenario"] == 2).tolist()
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_ple_shapes(levels):
+    model = _ple(levels)
+    h, logit = model(_batch())
+    assert h.shape == (8, 6) and logit.shape == (8,) and model.out_dim == 6
+    assert len(model.levels) == levels
+    level = model.levels[0]
+    assert len(level.shared) == 2 and [len(e) for e in level.specific] == [2, 2, 2]
+    assert (level.shared_gates is None) == (levels == 1) and model.levels[-1].shared_gates is None
+
+
+@pytest.mark.parametrize("make", [lambda: _ple(1), lambda: _ple(2),
+                                  lambda: SharedBottom(CARDS, ("age",), embed_dim=4, hidden=(8, 6))],
+                         ids=["ple", "ple-2-levels", "shared-bottom"])
+def test_gradients_reach_every_expert_gate_and_tower(make):
+    model = make()
+    batch = _batch(b=24)  # all three scenarios, 8 rows each
+    bce_loss(model(batch)[1], batch["label"]).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # per-scenario rows of the towers and gates get gradient from their own scenario's rows only
+    model.zero_grad(set_to_none=True)
+    two = {k: v[batch["scenario"] < 2] for k, v in batch.items()}
+    bce_loss(model(two)[1], two["label"]).backward()
+    assert model.tower_w1.grad[2].abs().sum() == 0 and model.tower_w1.grad[:2].abs().sum() > 0
+    if isinstance(model, PLE):
+        for level in model.levels:
+            assert all(p.grad is None for p in level.specific[2].parameters())
+            assert all(p.grad is not None for p in level.specific[0].parameters())
+            k = level.num_gated
+            assert level.gates.weight.grad[2 * k:].abs().sum() == 0
+
+
+def test_ple_one_hot_gate_returns_that_experts_output():
+    model = _ple(1).eval()
+    level = model.levels[0]
+    k = level.num_gated  # [2 specific, 2 shared]
+    with torch.no_grad():
+        level.gates.weight.zero_()
+        bias = torch.zeros(3, k)
+        bias[0, 1] = 100.0  # scenario 0 -> its own specific expert 1
+        bias[1, 2] = 100.0  # scenario 1 -> shared expert 0
+        bias[2, 3] = 100.0  # scenario 2 -> shared expert 1
+        level.gates.bias.copy_(bias.view(-1))
+    batch = _batch()
+    h = model.representation(batch)
+    x = model.embedding(batch)
+    dom = batch["scenario"]
+    torch.testing.assert_close(h[dom == 0], level.specific[0][1](x[dom == 0]))
+    torch.testing.assert_close(h[dom == 1], level.shared[0](x[dom == 1]))
+    torch.testing.assert_close(h[dom == 2], level.shared[1](x[dom == 2]))
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_ple_rows_never_use_another_scenarios_specific_experts(levels):
+    model = _ple(levels).eval()
+    batch = _batch(b=12)
+    h, logit = model(batch)
+    with torch.no_grad():  # scramble scenario 2's own experts at every level
+        for level in model.levels:
+            for p in level.specific[2].parameters():
+                p.normal_(std=1.0)
+    h2, logit2 = model(batch)
+    own = batch["scenario"] == 2
+    torch.testing.assert_close(h2[~own], h[~own], rtol=0, atol=0)
+    torch.testing.assert_close(logit2[~own], logit[~own], rtol=0, atol=0)
+    assert not torch.allclose(h2[own], h[own])
+
+
+@pytest.mark.parametrize("name", ["shared-bottom", "ple"])
+def test_llm4msr_trains_one_step_on_registered_backbone(name):
+    torch.manual_seed(0)
+    cfg = MSRModelConfig(backbone=name, embed_dim=4, hidden=(8, 6), tower_hidden=5, dropout=0.1,
+                         ple_levels=2)
+    backbone = build_backbone(name, CARDS, ("age",), cfg)
+    assert type(backbone) is {"shared-bottom": SharedBottom, "ple": PLE}[name]
+    model = LLM4MSR(backbone, torch.randn(3, 12), torch.randn(5, 20), meta_hidden=16)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = _batch(b=16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    h, logit = model(batch)
+    assert h.shape == (16, 6) and logit.shape == (16,)
+    loss = bce_loss(logit, batch["label"])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("backbone.") for n in changed) and any("meta" in n for n in changed)
+    model.eval()
+    assert torch.isfinite(model(batch)[1]).all()
+
+
+def test_build_backbone_rejects_unknown_names():
+    from hllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="star, mmoe, shared-bottom, ple"):
+        build_backbone("cgc", CARDS, ("age",), MSRModelConfig())

@@ -1,4 +1,4 @@
-"""Tiny end-to-end: STAR and STAR+LLM4MSR (and MMoE) train on a synthetic multi-scenario set."""
+"""Tiny end-to-end: each backbone alone and with LLM4MSR trains on a synthetic multi-scenario set."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _cfg(backbone: str = "star"):
                                train=dataclasses.replace(cfg.train, epochs=8, patience=3, batch_size=64))
 
 
-@pytest.mark.parametrize("backbone", ["star", "mmoe"])
+@pytest.mark.parametrize("backbone", ["star", "mmoe", "shared-bottom", "ple"])
 def test_backbone_and_llm4msr_learn_user_scenario_preferences(enc, backbone):
     torch.set_num_threads(1)
     # Knowledge that really carries each user's favourite scenario: LLM4MSR can read it.
@@ -95,6 +95,21 @@ def test_compare_runs_knowledge_then_both_variants(tmp_path):
     again = compare(cfg, "unused", rows=rows, progress=False)  # knowledge now from the cache
     assert again["knowledge"]["user"]["cache_hit"] and again["knowledge"]["user"]["llm_forward_calls"] == 0
     assert again["runs"][1]["test"] == out["runs"][1]["test"]  # same seed, same data -> same result
+
+
+def test_compare_takes_a_list_of_backbones():
+    cfg = _cfg()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1),
+                              knowledge=dataclasses.replace(cfg.knowledge, max_prompt_tokens=96,
+                                                            batch_size=16))
+    out = compare(cfg, "unused", backbones=("shared-bottom", "ple"),
+                  rows=synthetic_rows(n_users=12, per_user=30), progress=False)
+    assert [r["model"] for r in out["runs"]] == ["shared-bottom", "shared-bottom+llm4msr",
+                                                "ple", "ple+llm4msr"]
+    from hllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown backbone\(s\) 'cgc'.*shared-bottom, ple"):
+        compare(cfg, "unused", backbones=("ple", "cgc"))  # fails before reading any data
 
 
 def test_yaml_config_overrides_the_preset(tmp_path):

@@ -48,10 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--out DIR a copy in DIR/feature_repo gets them instead")
     p = data_step("train", "train one model and write a run directory")
     p.add_argument("--knowledge", default=None, help="vectors from `hllm msr knowledge --out DIR`")
-    p.add_argument("--backbone", default=None, help="star | mmoe (default: model.backbone)")
+    p.add_argument("--backbone", default=None,
+                   help="star | mmoe | shared-bottom | ple (default: model.backbone)")
     p.add_argument("--backbone-only", action="store_true", help="no LLM4MSR meta networks")
     p = data_step("compare", "each backbone alone and with LLM4MSR on one split")
-    p.add_argument("--backbones", default=None, help="comma list, e.g. star,mmoe")
+    p.add_argument("--backbones", default=None,
+                   help="comma list of star, mmoe, shared-bottom, ple; e.g. star,mmoe")
     p = sub.add_parser("evaluate", help="score a saved run again; rewrites its evaluation files")
     p.add_argument("--run", required=True)
     p.add_argument("--data", default=None, help="default: the dataset the run was trained on")
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _summary_line(model: str, t: dict) -> str:
     per = "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in t.items() if k.startswith("auc/"))
-    return f"{model:<14} test AUC {t['auc']:.4f} logloss {t['logloss']:.4f} | {per}"
+    return f"{model:<21} test AUC {t['auc']:.4f} logloss {t['logloss']:.4f} | {per}"
 
 
 def run_step(args: argparse.Namespace) -> dict | int:

@@ -34,13 +34,15 @@ class MSRDataConfig:
 class MSRModelConfig:
     """Backbone and meta-network sizes. Small: the meta generator emits d*d weights per layer."""
 
-    backbone: str = "star"  # star | mmoe
+    backbone: str = "star"  # star | mmoe | shared-bottom | ple (hllm.msr.backbones)
     embed_dim: int = 16  # per field: user, item, scenario, each categorical field
-    hidden: tuple[int, ...] = (64, 32)  # STAR FCN widths / MMoE expert widths; last = d of h
+    hidden: tuple[int, ...] = (64, 32)  # STAR FCN / shared bottom / expert widths; last = d of h
     dropout: float = 0.1
     aux_hidden: int = 16  # STAR auxiliary network on the scenario indicator
-    num_experts: int = 4  # MMoE
-    tower_hidden: int = 16  # MMoE per-scenario tower
+    num_experts: int = 4  # MMoE experts; PLE shared experts per level
+    ple_specific_experts: int = 2  # PLE experts owned by each scenario, per level
+    ple_levels: int = 1  # PLE extraction layers (1 = CGC)
+    tower_hidden: int = 16  # MMoE / shared-bottom / PLE per-scenario tower
     # LLM4MSR meta networks (see hllm.msr.meta for the wiring)
     meta_hidden: int = 64  # generator MLP width
     meta_user_layers: int = 1  # user-level meta layers stacked at the bottom

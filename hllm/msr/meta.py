@@ -15,7 +15,7 @@ The exact wiring is unverified (MODELS.md Part D). Our choice, all [inference]:
 * Residual form and a small generator output scale (meta_init_scale) make the model
   start as (almost) the backbone, so the LLM knowledge can only be added where it helps.
 * The backbone's own head is reused, so STAR keeps its star-shaped output layer and
-  auxiliary scenario logit, and MMoE its per-scenario towers.
+  auxiliary scenario logit, and MMoE, Shared-Bottom and PLE their per-scenario towers.
 * Knowledge vectors go through a LayerNorm first: decoder hidden states have a few huge
   outlier dimensions that would otherwise dominate the generator.
 * Scenario vectors are a (P, K) buffer; user vectors a frozen (U, K) buffer indexed by

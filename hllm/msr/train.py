@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hllm.msr.backbones import build_backbone
+from hllm.errors import ConfigError
+from hllm.msr.backbones import BACKBONES, build_backbone
 from hllm.msr.config import MSRConfig, MSRTrainConfig
 from hllm.msr.data import Encoded, MSRRows, encode, load_rows
 from hllm.msr.evaluate import evaluate_msr
@@ -123,12 +124,17 @@ def compare(cfg: MSRConfig, data_uri: str, *, backbones: tuple[str, ...] | None 
 
     from hllm.msr.knowledge import build_knowledge
 
+    names = backbones or (cfg.model.backbone,)
+    unknown = [n for n in names if n not in BACKBONES]
+    if unknown:  # before the knowledge step, which may run the LLM
+        raise ConfigError(f"unknown backbone(s) {', '.join(map(repr, unknown))} "
+                          f"(known: {', '.join(BACKBONES)})")
     rows = rows or load_rows(data_uri, cfg.data)
     enc = encode(rows)
     scen, users = build_knowledge(rows, enc, cfg.knowledge, device=device, progress=progress)
     knowledge = (scen.vectors, users.vectors)
     runs = []
-    for name in backbones or (cfg.model.backbone,):
+    for name in names:
         c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=name))
         runs.append(run_variant(c, enc, knowledge=None, device=device, progress=progress))
         runs.append(run_variant(c, enc, knowledge=knowledge, device=device, progress=progress))
