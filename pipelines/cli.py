@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 DEFAULT_PACKAGE = "hllm-training.yaml"
 
