@@ -5,6 +5,12 @@
     hllm evaluate --run runs/hllm
     hllm compare runs/hllm runs/sasrec
     hllm validate --data ../shared/data/ml-100k --out runs/validation
+    hllm msr train --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml --out runs/msr
+    hllm explain --run runs/msr --user 1
+    hllm pipeline run --local [--pipeline llm4msr]
+
+`hllm --help` lists every step (features, register, export-onnx, gate, rollback, ab,
+recommend, msr, explain, pipeline).
 """
 
 from __future__ import annotations

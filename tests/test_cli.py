@@ -104,3 +104,26 @@ def test_msr_knowledge_is_pushed_to_the_feature_repo(tmp_path):
     for view in ("user_knowledge", "scenario_knowledge"):
         vector = got[f"{view}__vector"][0]
         assert len(vector) == 32 and all(v == v for v in vector)  # cpu-tiny LLM width, no NaN
+
+
+def test_msr_train_then_evaluate_from_the_shell(tmp_path):
+    import json
+
+    from conftest import ML100K
+
+    run = tmp_path / "star"
+    result = hllm("msr", "train", "--data", str(ML100K), "--preset", "cpu-tiny", "--set",
+                  "train.epochs=1", "--backbone-only", "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("star ") and "test AUC" in result.stdout
+    trained = json.loads((run / "metrics.json").read_text())
+    result = hllm("msr", "evaluate", "--run", str(run), "--out", str(tmp_path / "ev"))
+    assert result.returncode == 0, result.stderr
+    again = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert again["auc"] == pytest.approx(trained["auc"], abs=1e-6)
+    # A bad backbone, and a run directory that is not one, are one-line errors.
+    bad = hllm("msr", "train", "--data", str(ML100K), "--preset", "cpu-tiny", "--backbone", "xgb",
+               "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "xgb" in bad.stderr and "Traceback" not in bad.stderr
+    missing = hllm("msr", "evaluate", "--run", str(tmp_path))
+    assert missing.returncode == 2 and "hllm msr train" in missing.stderr
