@@ -7,6 +7,7 @@ DATA   ?= ../shared/data/ml-100k
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 RUN    ?= runs/ml-100k-$(RUN_ID)
 PRESET ?= cpu-default
+PIPELINE ?= hllm
 
 .PHONY: run test bench venv clean
 
@@ -25,8 +26,9 @@ $(STAMP): pyproject.toml
 # The embedded default: the whole Kubeflow pipeline run locally (kfp.local) against
 # MLflow + S3 + Feast started on 127.0.0.1: validate, features, HLLM and SASRec, evaluate,
 # ONNX export, register, gate; writes runs/<id>/summary.json + report.html, runs/latest.
+# `make run PIPELINE=llm4msr` runs the LLM4MSR pipeline instead.
 run: $(STAMP)
-	$(BIN)/hllm pipeline run --local --data $(DATA) --preset $(PRESET)
+	$(BIN)/hllm pipeline run --local --pipeline $(PIPELINE) --data $(DATA) --preset $(PRESET)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
