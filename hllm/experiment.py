@@ -84,6 +84,9 @@ class GateConfig:
     tolerance: float = 0.005
     absolute: dict[str, float] = field(default_factory=dict)  # first model ever: floors
     beat_baseline: bool = True  # the challenger must be ahead of the ID baseline
+    # How far ahead: "point" = a positive difference; "interval" = the lower end of the
+    # bootstrap interval above zero (ahead beyond the noise of the test sample).
+    baseline_margin: str = "point"
     confidence: float = 0.95
     bootstrap_samples: int = 2000
     seed: int = 0
@@ -168,6 +171,8 @@ def parse_ab_config(raw: dict[str, Any], source: str = "<dict>") -> ABConfig:
             errors.append(f"guardrails[{i}] ({g.metric}): give a max or a min limit")
     gate = sub("gate", GateConfig, raw.get("gate") or {})
     if gate is not None:
+        if gate.baseline_margin not in ("point", "interval"):
+            errors.append(f"gate.baseline_margin: point or interval, got {gate.baseline_margin!r}")
         if gate.task not in TASKS:
             errors.append(f"gate.task: one of {', '.join(TASKS)}, got {gate.task!r}")
         if gate.primary_metric not in gate.min_uplift:

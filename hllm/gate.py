@@ -202,12 +202,20 @@ def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
                                 f"({baseline.split[:12]} vs {challenger.split[:12]})"))
         else:
             ci = bootstrap(challenger, baseline, primary)
+            ahead, rule = baseline_rule(g.baseline_margin, ci)
             checks.append(Check(
-                "ahead of ID baseline", ci["diff"] > 0,
+                "ahead of ID baseline", ahead,
                 f"{primary} {challenger.metrics[primary]:.4f} vs ID baseline "
                 f"{baseline.metrics[primary]:.4f}: diff {ci['diff']:+.4f} "
-                f"(CI {ci['low']:+.4f}..{ci['high']:+.4f}), must be > 0", ci))
+                f"(CI {ci['low']:+.4f}..{ci['high']:+.4f}), {rule}", ci))
     return checks
+
+
+def baseline_rule(margin: str, ci: dict[str, float]) -> tuple[bool, str]:
+    """gate.baseline_margin: a positive difference, or an interval clear of zero."""
+    if margin == "interval":
+        return ci["low"] > 0, "the interval's lower end must be > 0"
+    return ci["diff"] > 0, "must be > 0"
 
 
 def gate(challenger: str, ab_config: str | Path, baseline: str | Path | None = None,

@@ -41,6 +41,9 @@ def test_the_shipped_example_is_valid():
     (lambda c: c.update(colour="blue"), "colour", "unknown field"),
     (lambda c: c["gate"].update(min_uplift={"recall@10": 0.01}), "gate.min_uplift",
      "no entry for the primary metric"),
+    (lambda c: c["gate"].update(baseline_margin="strict"), "gate.baseline_margin",
+     "point or interval"),
+    (lambda c: c["gate"].update(task="regression"), "gate.task", "one of ranking, ctr"),
 ])
 def test_bad_configs_name_the_field(edit, field, words):
     raw = example()

@@ -103,5 +103,7 @@ def test_local_run_validates_trains_registers_and_gates(tmp_path, mlflow_env):
     assert "user_knowledge@" in tags["feature_views"]
     assert tags["gate.decision"] == s["gate"]["decision"]
     ahead = next(c for c in s["gate"]["checks"] if c["name"] == "ahead of backbone baseline")
-    assert ahead["passed"] == (models["star+llm4msr"]["auc"] > models["star"]["auc"])
+    assert ahead["passed"] == (ahead["numbers"]["low"] > 0)  # baseline_margin: interval
+    assert ahead["numbers"]["diff"] == pytest.approx(models["star+llm4msr"]["auc"] - models["star"]["auc"],
+                                                     abs=1e-6)
     assert "<table>" in (run.run_dir / "report.html").read_text()

@@ -90,6 +90,14 @@ def test_ctr_gate_checks_every_scenario(runs):
     chal, base = _evidence(runs["llm4msr"], "chal"), _evidence(runs["star"], "base")
     checks = decide(cfg, chal, None, base)
     names = [c.name for c in checks]
+    # The same evidence under both baseline margins: "interval" is never easier than "point".
+    import dataclasses
+
+    point = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, baseline_margin="point"))
+    strict = next(c for c in checks if c.name == "ahead of backbone baseline")
+    loose = next(c for c in decide(point, chal, None, base) if c.name == "ahead of backbone baseline")
+    assert loose.passed == (loose.numbers["diff"] > 0) and strict.passed == (strict.numbers["low"] > 0)
+    assert "lower end must be > 0" in strict.detail and not (strict.passed and not loose.passed)
     assert "absolute auc" in names and "ahead of backbone baseline" in names
     assert sum(n.startswith("auc/") and n.endswith("vs baseline") for n in names) == 4
     # A champion whose AUC is worse in one scenario only: the challenger's per-scenario check
@@ -133,7 +141,9 @@ def test_register_gate_and_explain_against_real_mlflow(runs, mlflow_env, tmp_pat
     chal_auc = json.loads((runs["llm4msr"] / "metrics.json").read_text())["auc"]
     base_auc = json.loads((runs["star"] / "metrics.json").read_text())["auc"]
     ahead = next(c for c in decision.checks if c.name == "ahead of backbone baseline")
-    assert ahead.passed == (chal_auc > base_auc)
+    # llm4msr-rollout.yaml asks for an interval clear of zero, not just a positive point.
+    assert ahead.numbers["diff"] == pytest.approx(chal_auc - base_auc, abs=1e-9)
+    assert ahead.passed == (ahead.numbers["low"] > 0)
     champion = None
     try:
         champion = client.get_model_version_by_alias(name, "champion").version

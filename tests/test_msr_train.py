@@ -121,3 +121,21 @@ def test_yaml_config_overrides_the_preset(tmp_path):
 
     with pytest.raises(ConfigError, match=r"'train.lrr': unknown key 'lrr'.*\n.*'model.width'"):
         load_msr_config("cpu-tiny", overrides={"train.lrr": 1, "model.width": 3})
+
+
+def test_training_repeats_bit_for_bit_on_two_threads(enc):
+    """train.deterministic: the same seed gives the same weights, whatever the thread schedule."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        states = []
+        for _ in range(2):
+            model = build_model(_cfg("star"), enc, torch.eye(3), torch.randn(len(enc.knowledge_users), 3,
+                                                                           generator=torch.Generator().manual_seed(0)))
+            train_msr(model, enc, dataclasses.replace(_cfg("star").train, epochs=2), progress=False)
+            states.append(model.state_dict())
+            assert not torch.are_deterministic_algorithms_enabled()  # restored after training
+    finally:
+        torch.set_num_threads(threads)
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key

@@ -9,7 +9,8 @@ probability and scenario (RUN/test_predictions.npz), so the checks are:
   (over test rows) of the overall AUC difference must exceed min_uplift[auc]; no
   scenario's AUC may drop by more than `tolerance`, nor logloss rise by more;
 * against the baseline (the backbone without LLM4MSR, trained on the same split): the
-  overall AUC must be higher and no scenario's AUC more than `tolerance` lower.
+  overall AUC must be higher (gate.baseline_margin: point) or its bootstrap interval
+  clear of zero (interval), and no scenario's AUC more than `tolerance` lower.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 
 from hllm.experiment import ABConfig
-from hllm.gate import Check, Evidence
+from hllm.gate import Check, Evidence, baseline_rule
 from hllm.msr.evaluate import paired_auc_bootstrap
 
 
@@ -89,10 +90,11 @@ def decide_ctr(cfg: ABConfig, chal: Evidence, champ: Evidence | None,
                                 f"({base.split[:12]} vs {chal.split[:12]})"))
         else:
             ci = bootstrap(chal, base)
+            ahead, rule = baseline_rule(g.baseline_margin, ci)
             checks.append(Check(
-                "ahead of backbone baseline", ci["diff"] > 0,
+                "ahead of backbone baseline", ahead,
                 f"AUC {chal.metrics['auc']:.4f} vs {base.metrics.get('model', 'baseline')} "
                 f"{base.metrics['auc']:.4f}: diff {ci['diff']:+.4f} (CI {ci['low']:+.4f}.."
-                f"{ci['high']:+.4f}), must be > 0", ci))
+                f"{ci['high']:+.4f}), {rule}", ci))
             checks += _per_scenario(chal, base, "baseline", g.tolerance)
     return checks

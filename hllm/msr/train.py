@@ -8,6 +8,8 @@ Features (each with the config key that controls it):
 * device-agnostic: tensors follow `device`, never .cuda()   --device
 * same seed -> the backbone inside LLM4MSR starts from the same weights as the backbone
   alone, so the comparison isolates the meta networks      train.seed
+* deterministic kernels: a run repeats bit for bit, on any
+  number of CPU threads                                    train.deterministic
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import copy
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -55,9 +59,26 @@ def build_model(cfg: MSRConfig, enc: Encoded, scenario_knowledge: torch.Tensor |
                    init_scale=m.meta_init_scale)
 
 
+@contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """torch.use_deterministic_algorithms for the duration; the previous setting comes back."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(on or before)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def train_msr(model: nn.Module, enc: Encoded, cfg: MSRTrainConfig, *,
               device: torch.device | str = "cpu", progress: bool | None = None) -> TrainResult:
     """Fit on enc.tensors["train"], early-stop on validation AUC, leave the best weights loaded."""
+    with deterministic_algorithms(cfg.deterministic):
+        return _train_msr(model, enc, cfg, device=device, progress=progress)
+
+
+def _train_msr(model: nn.Module, enc: Encoded, cfg: MSRTrainConfig, *,
+               device: torch.device | str, progress: bool | None) -> TrainResult:
     device = torch.device(device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
