@@ -78,7 +78,7 @@ class MSRTrainConfig:
     seed: int = 42
     num_threads: int = 0  # 0 = torch default
     # torch.use_deterministic_algorithms while training: multi-threaded CPU runs are then
-    # bit-identical across processes (without it, two runs differed by ~0.001 AUC).
+    # bit-identical across processes (without it, identical runs differed by up to ~0.004 AUC).
     deterministic: bool = True
 
 
