@@ -12,12 +12,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import yaml
 
 from hllm.errors import ConfigError
 
+T = TypeVar("T")  # a config dataclass made of sections (Config, hllm.msr.config.MSRConfig)
 SMOLLM2 = "smollm2-135m"  # alias resolved by hllm.models.pretrained to a local HF directory
 
 
@@ -238,24 +239,25 @@ PRESETS: dict[str, Callable[[], Config]] = {
 
 # ---------------------------------------------------------------- overrides
 
-def replace(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """Apply dotted-key overrides ({"train.lr": 3e-4}); report every bad key at once."""
+def replace(cfg: T, overrides: dict[str, Any], what: str = "configuration") -> T:
+    """Apply dotted-key overrides ({"train.lr": 3e-4}) to a config of sections (Config,
+    MSRConfig, ...); report every bad key at once."""
     errors: list[str] = []
     nested: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
+    root = [f.name for f in dataclasses.fields(cfg)]
+    sections = [n for n in root if dataclasses.is_dataclass(getattr(cfg, n))]
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if not name:
-            nested_fields = {f.name: f for f in dataclasses.fields(Config)}
-            if section not in nested_fields or dataclasses.is_dataclass(getattr(cfg, section, None)):
+            if section not in root or section in sections:
                 errors.append(f"'{key}': not a top-level key (use section.key, e.g. train.lr)")
                 continue
             top[section] = value
             continue
         sub = getattr(cfg, section, None)
         if not dataclasses.is_dataclass(sub):
-            errors.append(f"'{key}': unknown section '{section}' "
-                          f"(known: {', '.join(_sections())})")
+            errors.append(f"'{key}': unknown section '{section}' (known: {', '.join(sections)})")
             continue
         fields = {f.name: f for f in dataclasses.fields(sub)}
         if name not in fields:
@@ -267,14 +269,10 @@ def replace(cfg: Config, overrides: dict[str, Any]) -> Config:
         except (TypeError, ValueError) as exc:
             errors.append(f"'{key}': {exc}")
     if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+        raise ConfigError(f"invalid {what}:\n  " + "\n  ".join(errors))
     for section, values in nested.items():
         top[section] = dataclasses.replace(getattr(cfg, section), **values)
     return dataclasses.replace(cfg, **top)
-
-
-def _sections() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config) if f.name != "preset"]
 
 
 def _field_type(cls: type, name: str) -> Any:
@@ -359,16 +357,21 @@ def read_config_file(config_file: str | Path) -> tuple[str | None, dict[str, Any
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
     """Resolve preset <- YAML file <- --set overrides, in that order."""
+    return resolve_config(PRESETS, preset, config_file, overrides)
+
+
+def resolve_config(presets: dict[str, Callable[[], T]], preset: str | None,
+                   config_file: str | Path | None, overrides: dict[str, Any] | None,
+                   what: str = "configuration") -> T:
+    """preset (default cpu-default, or the YAML's `base`) <- YAML file <- overrides."""
     file_values: dict[str, Any] = {}
     if config_file is not None:
         base, file_values = read_config_file(config_file)
         preset = preset or base
     name = preset or "cpu-default"
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
-    cfg = PRESETS[name]()
-    cfg = replace(cfg, file_values)
-    return replace(cfg, overrides or {})
+    if name not in presets:
+        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(presets)})")
+    return replace(replace(presets[name](), file_values, what), overrides or {}, what)
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

@@ -9,13 +9,12 @@ every bad key is reported at once.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hllm.config import SMOLLM2, _coerce, _flatten, _tiny_llama, _to_plain, read_config_file
-from hllm.errors import ConfigError
+from hllm.config import SMOLLM2, _flatten, _tiny_llama, _to_plain, resolve_config
+from hllm.config import replace as replace_sections
 
 
 @dataclass(frozen=True)
@@ -115,40 +114,13 @@ PRESETS: dict[str, Callable[[], MSRConfig]] = {"cpu-default": cpu_default, "cpu-
 
 def replace(cfg: MSRConfig, overrides: dict[str, Any]) -> MSRConfig:
     """Dotted-key overrides ({"train.lr": 1e-3}); every bad key reported in one ConfigError."""
-    errors: list[str] = []
-    nested: dict[str, dict[str, Any]] = {}
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        sub = getattr(cfg, section, None)
-        if not name or not dataclasses.is_dataclass(sub):
-            errors.append(f"'{key}': expected section.key with section one of "
-                          f"{', '.join(f.name for f in dataclasses.fields(MSRConfig) if f.name != 'preset')}")
-            continue
-        names = {f.name for f in dataclasses.fields(sub)}
-        if name not in names:
-            errors.append(f"'{key}': unknown key '{name}' in {section} (known: {', '.join(sorted(names))})")
-            continue
-        try:
-            nested.setdefault(section, {})[name] = _coerce(value, typing.get_type_hints(type(sub))[name])
-        except (TypeError, ValueError) as exc:
-            errors.append(f"'{key}': {exc}")
-    if errors:
-        raise ConfigError("invalid MSR configuration:\n  " + "\n  ".join(errors))
-    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **v)
-                                       for s, v in nested.items()})
+    return replace_sections(cfg, overrides, "MSR configuration")
 
 
 def load_msr_config(preset: str | None = None, config_file: str | Path | None = None,
                     overrides: dict[str, Any] | None = None) -> MSRConfig:
     """preset <- YAML file <- overrides, as hllm.config.load_config."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        base, values = read_config_file(config_file)
-        preset = preset or base
-    name = preset or "cpu-default"
-    if name not in PRESETS:
-        raise ConfigError(f"unknown MSR preset '{name}' (known: {', '.join(PRESETS)})")
-    return replace(replace(PRESETS[name](), values), overrides or {})
+    return resolve_config(PRESETS, preset, config_file, overrides, "MSR configuration")
 
 
 def config_from_dict(tree: dict[str, Any]) -> MSRConfig:
