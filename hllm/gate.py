@@ -22,10 +22,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -150,24 +151,54 @@ def check_models(cfg: ABConfig, client) -> None:
 
 # ---------------------------------------------------------------- the decision
 
+@dataclass
+class TaskRules:
+    """What differs between gate tasks; decide() applies the same order of checks to all."""
+
+    baseline: str  # how the baseline is named in check names and messages
+    bootstrap: Callable[[Evidence, Evidence], dict[str, float]]  # primary metric, a - b, with CI
+    vs_champion: Callable[[Evidence, Evidence], list[Check]]  # beyond the primary uplift
+    vs_baseline: Callable[[Evidence, Evidence], list[Check]] = lambda a, b: []
+
+
+def ranking_rules(cfg: ABConfig) -> TaskRules:
+    """Full-ranking evidence: paired bootstrap over users; other metrics within tolerance."""
+    g = cfg.gate
+
+    def bootstrap(a: Evidence, b: Evidence) -> dict[str, float]:
+        return paired_bootstrap(a.ranks, b.ranks, g.primary_metric, samples=g.bootstrap_samples,
+                                seed=g.seed, level=g.confidence)
+
+    def vs_champion(chal: Evidence, champ: Evidence) -> list[Check]:
+        checks = []
+        for metric in METRICS:
+            if metric == g.primary_metric or metric not in chal.metrics or metric not in champ.metrics:
+                continue
+            diff = float(chal.metrics[metric]) - float(champ.metrics[metric])
+            floor = g.min_uplift.get(metric, -g.tolerance)
+            checks.append(Check(f"no regression {metric}", diff >= floor,
+                                f"{metric} diff {diff:+.4f} (must be >= {floor:+.4f})",
+                                {"diff": diff, "bar": floor}))
+        return checks
+
+    return TaskRules("ID baseline", bootstrap, vs_champion)
+
+
 def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
            baseline: Evidence | None) -> list[Check]:
     """Every check the gate applies, in order; pure (no registry access)."""
     if cfg.gate.task == "ctr":
-        from hllm.msr.gate_checks import decide_ctr
+        from hllm.msr.gate_checks import ctr_rules
 
-        return decide_ctr(cfg, challenger, champion, baseline)
+        rules = ctr_rules(cfg)
+    else:
+        rules = ranking_rules(cfg)
     g = cfg.gate
     primary = g.primary_metric
     checks: list[Check] = []
-
-    def bootstrap(a: Evidence, b: Evidence, metric: str) -> dict[str, float]:
-        return paired_bootstrap(a.ranks, b.ranks, metric, samples=g.bootstrap_samples, seed=g.seed,
-                                level=g.confidence)
-
     if champion is None:
         for metric, floor in g.absolute.items():
-            value = float(challenger.metrics[metric])
+            value = float(challenger.metrics.get(metric, math.nan))
             checks.append(Check(f"absolute {metric}", value >= floor,
                                 f"first model: {metric} {value:.4f} vs floor {floor:.4f}",
                                 {"value": value, "floor": floor}))
@@ -178,36 +209,30 @@ def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
                             "on one split"))
     else:
         bar = g.min_uplift[primary]
-        ci = bootstrap(challenger, champion, primary)
+        ci = rules.bootstrap(challenger, champion)
         checks.append(Check(
             f"uplift {primary}", ci["low"] > bar,
             f"{primary} {challenger.metrics[primary]:.4f} vs champion {champion.metrics[primary]:.4f}: "
             f"diff {ci['diff']:+.4f}, {g.confidence:.0%} CI {ci['low']:+.4f}..{ci['high']:+.4f}, "
             f"lower end must exceed {bar:+.4f}", {**ci, "bar": bar}))
-        for metric in METRICS:
-            if metric == primary or metric not in challenger.metrics or metric not in champion.metrics:
-                continue
-            diff = float(challenger.metrics[metric]) - float(champion.metrics[metric])
-            floor = g.min_uplift.get(metric, -g.tolerance)
-            checks.append(Check(f"no regression {metric}", diff >= floor,
-                                f"{metric} diff {diff:+.4f} (must be >= {floor:+.4f})",
-                                {"diff": diff, "bar": floor}))
+        checks += rules.vs_champion(challenger, champion)
     if g.beat_baseline:
+        name = f"ahead of {rules.baseline}"
         if baseline is None:
-            checks.append(Check("ahead of ID baseline", False,
-                                "no ID baseline evaluation given (--baseline); the gate requires one"))
+            checks.append(Check(name, False, f"no {rules.baseline} evaluation given (--baseline); "
+                                             "the gate requires one"))
         elif baseline.split != challenger.split:
-            checks.append(Check("ahead of ID baseline", False,
-                                f"the ID baseline was evaluated on a different split "
-                                f"({baseline.split[:12]} vs {challenger.split[:12]})"))
+            checks.append(Check(name, False, f"the {rules.baseline} was evaluated on a different split "
+                                             f"({baseline.split[:12]} vs {challenger.split[:12]})"))
         else:
-            ci = bootstrap(challenger, baseline, primary)
+            ci = rules.bootstrap(challenger, baseline)
             ahead, rule = baseline_rule(g.baseline_margin, ci)
             checks.append(Check(
-                "ahead of ID baseline", ahead,
-                f"{primary} {challenger.metrics[primary]:.4f} vs ID baseline "
+                name, ahead,
+                f"{primary} {challenger.metrics[primary]:.4f} vs {rules.baseline} "
                 f"{baseline.metrics[primary]:.4f}: diff {ci['diff']:+.4f} "
                 f"(CI {ci['low']:+.4f}..{ci['high']:+.4f}), {rule}", ci))
+            checks += rules.vs_baseline(challenger, baseline)
     return checks
 
 
