@@ -247,11 +247,28 @@ def _installed(dist: str) -> bool:
 
 
 class _Rollback:
-    """Undo log of registry writes, replayed in reverse when a later step fails."""
+    """Undo log of registry writes, replayed in reverse when a later step fails.
 
-    def __init__(self, client):
+    As a context manager: an exception inside undoes every write made so far; an
+    HLLMError passes through as it is, anything else becomes a RegistryError that says
+    `what` failed and was rolled back.
+    """
+
+    def __init__(self, client, what: str = "registering"):
         self.client = client
+        self.what = what
         self.steps: list[tuple[str, Any]] = []
+
+    def __enter__(self) -> "_Rollback":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None:
+            return False
+        self.undo()
+        if isinstance(exc, HLLMError) or not isinstance(exc, Exception):
+            return False
+        raise RegistryError(f"{self.what} failed and was rolled back: {exc}") from exc
 
     def ensure_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -315,8 +332,7 @@ def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-ite
                        feature_repo=feature_repo)
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
-        rollback = _Rollback(client)
-        try:
+        with _Rollback(client, f"{run_dir}: registering in MLflow at {uri}") as rollback:
             run_id = _training_run(client, run_dir, uri, experiment)
             tags = {**prep.tags, "mlflow_run_id": run_id}
             targets = [(name, "recommender")] + ([(onnx_name, "onnx")] if prep.onnx_dir else [])
@@ -334,12 +350,6 @@ def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-ite
                     f"{what} from {run_dir.name}: test ndcg@10={prep.metrics['ndcg@10']:.4f}"))
             for version in versions:  # aliases last: a failure above leaves them untouched
                 rollback.set_alias(version.name, version.version)
-        except BaseException as exc:
-            rollback.undo()
-            if isinstance(exc, HLLMError) or not isinstance(exc, Exception):
-                raise
-            raise RegistryError(f"{run_dir}: registering in MLflow at {uri} failed and was rolled "
-                                f"back: {exc}") from exc
     for version in versions:
         log.info("registered %s version %s as %s", version.name, version.version, ALIAS)
     return Registration(run_id=run_id, tags=tags, versions=versions)

@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 
 from hllm import lineage, tracking
-from hllm.errors import ConfigError, DataError, HLLMError
-from hllm.registry import ALIAS, Registration, RegistryError, _code_dir, _Rollback
+from hllm.errors import ConfigError, DataError
+from hllm.registry import ALIAS, Registration, _code_dir, _Rollback, _tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,7 @@ def register_msr(run_dir: str | Path, name: str = "llm4msr", *, validation: str 
     from hllm.pyfunc_model import pip_requirements
 
     run_dir = Path(run_dir)
-    uri = tracking.resolve_uri(tracking_uri)
-    if not uri:
-        raise ConfigError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    uri = _tracking_uri(run_dir, tracking_uri)
     tracking.check_server(uri)
     run, vtags = _check(run_dir, validation)
     features = lineage.feature_view_versions(Path(feature_repo)) if feature_repo else None
@@ -86,9 +84,8 @@ def register_msr(run_dir: str | Path, name: str = "llm4msr", *, validation: str 
                "test_logloss": f"{m['logloss']:.6f}", "task": "ctr"})
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    rollback = _Rollback(client)
     exp_name = experiment or EXPERIMENT
-    try:
+    with _Rollback(client, f"{run_dir}: registering in MLflow at {uri}") as rollback:
         exp = client.get_experiment_by_name(exp_name)
         exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
         with tempfile.TemporaryDirectory(prefix="hllm-msr-register-") as tmp:
@@ -123,11 +120,5 @@ def register_msr(run_dir: str | Path, name: str = "llm4msr", *, validation: str 
             name, info, run_id, tags,
             f"{m['model']} from {run_dir.name}: test AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
         rollback.set_alias(name, version.version)
-    except BaseException as exc:
-        rollback.undo()
-        if isinstance(exc, HLLMError) or not isinstance(exc, Exception):
-            raise
-        raise RegistryError(f"{run_dir}: registering in MLflow at {uri} failed and was rolled "
-                            f"back: {exc}") from exc
     log.info("registered %s version %s as %s", name, version.version, ALIAS)
     return Registration(run_id=run_id, tags=tags, versions=[version])
