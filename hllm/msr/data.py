@@ -252,17 +252,29 @@ def encode(data: MSRRows) -> Encoded:
         if unknown:
             raise DataError(f"{data.files.get('interactions', '?')}: scenario(s) {sorted(unknown)} in "
                             f"the {split} split are not among {data.scenarios}")
-        cols = [torch.as_tensor(frame[f].map(vocab[f]).fillna(0).to_numpy(np.int64)) for f in data.fields]
-        tensors[split] = MSRTensors(
-            user=torch.as_tensor(frame["user_id"].map(vocab["user_id"]).fillna(0).to_numpy(np.int64)),
-            item=torch.as_tensor(frame["item_id"].map(vocab["item_id"]).fillna(0).to_numpy(np.int64)),
-            scenario=torch.as_tensor(frame["scenario"].map(scen_index).to_numpy(np.int64)),
-            fields=torch.stack(cols, 1) if cols else torch.zeros(len(frame), 0, dtype=torch.long),
-            user_k=torch.as_tensor(frame["user_id"].map(user_k_index).to_numpy(np.int64)),
-            label=torch.as_tensor(frame["label"].to_numpy(np.float32)))
+        tensors[split] = MSRTensors(**index_rows(frame, vocab, data.fields, scen_index, user_k_index),
+                                    label=torch.as_tensor(frame["label"].to_numpy(np.float32)))
     cards = {"user": len(vocab["user_id"]) + 1, "item": len(vocab["item_id"]) + 1,
              "scenario": len(data.scenarios), **{f: len(vocab[f]) + 1 for f in data.fields}}
     return Encoded(tensors, cards, data.fields, list(data.scenarios), all_users, vocab)
+
+
+def index_rows(frame: pd.DataFrame, vocab: dict[str, dict[str, int]], fields: tuple[str, ...] | list[str],
+               scen_index: dict[str, int], user_k_index: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Raw rows -> model indices: the one mapping training and serving share.
+
+    Ids and field values unseen in training map to 0 ("unknown"); a user without a
+    knowledge row reads row 0. `scenario` must already be checked against `scen_index`.
+    """
+    def index(values: pd.Series, table: dict[str, int]) -> torch.Tensor:
+        return torch.as_tensor(values.astype(str).map(table).fillna(0).to_numpy(np.int64))
+
+    cols = [index(frame[f], vocab[f]) for f in fields]
+    return {"user": index(frame["user_id"], vocab["user_id"]),
+            "item": index(frame["item_id"], vocab["item_id"]),
+            "scenario": index(frame["scenario"], scen_index),
+            "fields": torch.stack(cols, 1) if cols else torch.zeros(len(frame), 0, dtype=torch.long),
+            "user_k": index(frame["user_id"], user_k_index)}
 
 
 def _vocab(column: pd.Series) -> dict[str, int]:

@@ -25,6 +25,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from torch import nn
 from hllm.atomic import swap_dir
 from hllm.errors import ConfigError
 from hllm.msr.config import MSRConfig, config_from_dict
-from hllm.msr.data import SPLITS, Encoded, MSRRows, encode, load_rows
+from hllm.msr.data import SPLITS, Encoded, MSRRows, encode, index_rows, load_rows
 from hllm.msr.evaluate import evaluate_msr, predict
 from hllm.msr.train import build_model, train_msr
 
@@ -157,9 +158,13 @@ class MSRRun:
     def scenarios(self) -> list[str]:
         return list(self.encoding["scenarios"])
 
+    @cached_property
+    def lookups(self) -> dict[str, dict[str, int]]:
+        return lookups(self.encoding)  # built once per loaded run, not per request
+
     def batch(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
         """Raw rows (user_id, item_id, scenario[, field columns]) -> a model batch."""
-        return rows_to_batch(frame, self.encoding, source=str(self.path))
+        return rows_to_batch(frame, self.encoding, source=str(self.path), index=self.lookups)
 
     @torch.no_grad()
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
@@ -167,42 +172,36 @@ class MSRRun:
         return torch.sigmoid(self.model(self.batch(frame))[1]).numpy()
 
 
-def rows_to_batch(frame: pd.DataFrame, encoding: dict[str, Any], source: str = "request"
-                  ) -> dict[str, torch.Tensor]:
-    """Map raw ids to indices the way training did (unseen -> 0); unknown scenarios are errors."""
+def rows_to_batch(frame: pd.DataFrame, encoding: dict[str, Any], source: str = "request",
+                  index: dict[str, dict[str, int]] | None = None) -> dict[str, torch.Tensor]:
+    """Map raw ids to indices the way training did (unseen -> 0); unknown scenarios are errors.
+
+    Field columns the request does not carry come from the run's per-user and per-item
+    tables. A user with no knowledge row (new since training) reads row 0's vector: a
+    documented approximation until the knowledge features are refreshed.
+    """
     missing = [c for c in ("user_id", "item_id", "scenario") if c not in frame.columns]
     if missing:
         raise ConfigError(f"{source}: request is missing column(s) {', '.join(missing)}; "
                           "need user_id, item_id and scenario")
-    scen_index = {s: i for i, s in enumerate(encoding["scenarios"])}
-    scenario = frame["scenario"].astype(str)
-    unknown = sorted(set(scenario) - set(scen_index))
+    index = index or lookups(encoding)
+    unknown = sorted(set(frame["scenario"].astype(str)) - set(index["scenario"]))
     if unknown:
         raise ConfigError(f"{source}: unknown scenario(s) {unknown}; the model knows "
                           f"{encoding['scenarios']}")
-    vocab = encoding["vocab"]
     users, items = frame["user_id"].astype(str), frame["item_id"].astype(str)
-    user_k = {u: i for i, u in enumerate(encoding["knowledge_users"])}
-    cols = []
-    for f in encoding["fields"]:
-        if f in frame.columns:
-            values = frame[f].astype(str)
-        elif f in encoding["user_fields"]:
-            values = users.map(encoding["user_fields"][f]).fillna("")
-        else:
-            values = items.map(encoding["item_fields"].get(f, {})).fillna("")
-        cols.append(torch.as_tensor(values.map(vocab[f]).fillna(0).to_numpy(np.int64)))
-    n = len(frame)
-    return {
-        "user": torch.as_tensor(users.map(vocab["user_id"]).fillna(0).to_numpy(np.int64)),
-        "item": torch.as_tensor(items.map(vocab["item_id"]).fillna(0).to_numpy(np.int64)),
-        "scenario": torch.as_tensor(scenario.map(scen_index).to_numpy(np.int64)),
-        "fields": torch.stack(cols, 1) if cols else torch.zeros(n, 0, dtype=torch.long),
-        # A user with no knowledge row (new since training) reads row 0's vector: a
-        # documented approximation until the knowledge features are refreshed.
-        "user_k": torch.as_tensor(users.map(user_k).fillna(0).to_numpy(np.int64)),
-        "label": torch.zeros(n),
-    }
+    looked_up = {f: (users.map(encoding["user_fields"][f]) if f in encoding["user_fields"]
+                     else items.map(encoding["item_fields"].get(f, {}))).fillna("")
+                 for f in encoding["fields"] if f not in frame.columns}
+    batch = index_rows(frame.assign(**looked_up), encoding["vocab"], encoding["fields"],
+                       index["scenario"], index["user_k"])
+    return {**batch, "label": torch.zeros(len(frame))}
+
+
+def lookups(encoding: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Scenario name -> index and user id -> knowledge row, from a run's encoding."""
+    return {"scenario": {s: i for i, s in enumerate(encoding["scenarios"])},
+            "user_k": {u: i for i, u in enumerate(encoding["knowledge_users"])}}
 
 
 def load_run(path: str | Path) -> MSRRun:
