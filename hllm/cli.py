@@ -198,10 +198,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def bootstrap_lines(rows: list[tuple[str, dict]], metric: str = "ndcg@10") -> str:
-    """Paired bootstrap (95%) of the first run minus each other run, on the same split."""
+    """Paired bootstrap (95%) of the first run minus each other run, on the same split,
+    overall and within each segment (test_segments.npz) of the first run."""
     import numpy as np
 
-    from hllm.evaluate import paired_bootstrap
+    from hllm.segments import load_masks, segment_bootstrap
 
     first, first_m = rows[0]
     lines = []
@@ -214,9 +215,15 @@ def bootstrap_lines(rows: list[tuple[str, dict]], metric: str = "ndcg@10") -> st
             b = np.load(Path(run) / "test_ranks.npy")
         except OSError:
             continue
-        r = paired_bootstrap(a, b, metric)
-        lines.append(f"{first} - {run}: {metric} {r['diff']:+.4f} "
-                     f"(95% paired bootstrap over users: {r['low']:+.4f} .. {r['high']:+.4f})")
+        seg_file = Path(first) / "test_segments.npz"
+        masks = load_masks(seg_file) if seg_file.is_file() else {}
+        lines.append(f"{first} - {run}: {metric}, 95% paired bootstrap over users")
+        for name, r in segment_bootstrap(a, b, masks, metric).items():
+            if r is None:
+                lines.append(f"  {name:<9} no users")
+                continue
+            users = f" ({r['users']} users)" if "users" in r else ""
+            lines.append(f"  {name:<9} {r['diff']:+.4f} ({r['low']:+.4f} .. {r['high']:+.4f}){users}")
     return "\n".join(lines)
 
 
@@ -229,7 +236,22 @@ def markdown_table(rows: list[tuple[str, dict]]) -> str:
         seconds = sum(v for k, v in t.items() if k.endswith("_s"))
         lines.append(f"| {run} | {m.get('model')} | " + " | ".join(f"{m[k]:.4f}" for k in keys)
                      + f" | {seconds:.0f} |")
+    segments = [name for name in ("warm", "long_tail", "cold")
+                if any(name in (m.get("segments") or {}) for _, m in rows)]
+    if segments:
+        lines += ["", "| run | " + " | ".join(f"{s} users | {s} R@10 | {s} N@10" for s in segments)
+                  + " |", "|---|" + "---|" * (3 * len(segments))]
+        for run, m in rows:
+            cells = []
+            for s in segments:
+                seg = (m.get("segments") or {}).get(s) or {}
+                cells += [str(seg.get("users", "")), *(_num(seg.get(k)) for k in ("recall@10", "ndcg@10"))]
+            lines.append(f"| {run} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def _headline(m: dict) -> str:

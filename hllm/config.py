@@ -20,6 +20,7 @@ from hllm.errors import ConfigError
 
 T = TypeVar("T")  # a config dataclass made of sections (Config, hllm.msr.config.MSRConfig)
 SMOLLM2 = "smollm2-135m"  # alias resolved by hllm.models.pretrained to a local HF directory
+GEMMA3 = "gemma3-270m"  # Gemma 3 270M base, same mechanism; needs `make gemma` first
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class DataConfig:
     dedupe: bool = True  # drop exact repeats of (user, item, timestamp)
     max_history: int = 50  # items the user model sees (train windows and eval history)
     min_user_interactions: int = 3  # fewer cannot give train + validation + test
+    # Hold the newest fraction of items (by first interaction) out of training and
+    # validation: they appear only as test targets, which makes a measurable cold segment.
+    cold_items: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class ItemLLMConfig:
     pooling: str = "item_token"  # item_token (learned [ITEM] slot) | mean
     trainable: str = "full"  # full | frozen | top-k
     top_k_layers: int = 2  # used when trainable == "top-k"
+    # top-k: compute the frozen layers' output once per item and cache it, so a step runs
+    # only the top k layers (hllm.models.prefix_cache); false runs every layer every step.
+    prefix_cache: bool = True
     prompt: str = "Compress the following sentence into embedding: "
     field_separator: str = " "  # the reference code uses "" (fields run together)
     max_text_len: int = 64  # tokens per item, BOS included, [ITEM] slot excluded
@@ -189,6 +196,21 @@ def cpu_default() -> Config:
     )
 
 
+def cpu_finetune() -> Config:
+    """SmolLM2-135M's top layer and the [ITEM] slot trained end to end with the User LLM, on CPU.
+
+    The 29 frozen layers run once per item (hllm.models.prefix_cache); a step runs the
+    last layer for the batch's distinct items, with a query at the [ITEM] slot only.
+    """
+    base = cpu_default()
+    return replace(base, {
+        "preset": "cpu-finetune",
+        "item_llm.pooling": "item_token", "item_llm.trainable": "top-k",
+        "item_llm.top_k_layers": 1, "item_llm.prefix_cache": True,
+        "train.epochs": 12, "train.patience": 4, "train.lr": 5e-4,
+    })
+
+
 def _llama_1b() -> dict[str, Any]:
     # TinyLlama-1.1B shapes (the paper's HLLM-1B uses TinyLlama for both tiers).
     return dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32,
@@ -232,6 +254,7 @@ def hllm_7b() -> Config:
 PRESETS: dict[str, Callable[[], Config]] = {
     "cpu-tiny": cpu_tiny,
     "cpu-default": cpu_default,
+    "cpu-finetune": cpu_finetune,
     "hllm-1b": hllm_1b,
     "hllm-7b": hllm_7b,
 }

@@ -90,6 +90,11 @@ class GateConfig:
     confidence: float = 0.95
     bootstrap_samples: int = 2000
     seed: int = 0
+    # Ranking only: rules on the primary metric per user segment (overall, warm, long_tail,
+    # cold; see hllm.segments) against the ID baseline, e.g. {cold: {min_uplift: 0.0},
+    # warm: {tolerance: 0.005}}. min_uplift: the paired bootstrap interval's lower end must
+    # exceed it; tolerance: the difference may not fall below -tolerance.
+    segments: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,7 @@ def parse_ab_config(raw: dict[str, Any], source: str = "<dict>") -> ABConfig:
             errors.append(f"gate.min_uplift: no entry for the primary metric {gate.primary_metric!r}")
         if not 0.5 < gate.confidence < 1:
             errors.append(f"gate.confidence: between 0.5 and 1, got {gate.confidence}")
+        _check_segment_rules(gate, errors)
     start, end = _date("start", raw["start"], errors), _date("end", raw["end"], errors)
     if start and end and end <= start:
         errors.append(f"end: {end} is not after start {start}")
@@ -210,6 +216,32 @@ def load_layer_peers(directory: str | Path, exclude: str | Path | None = None) -
     skip = Path(exclude).resolve() if exclude else None
     return [load_ab_config(p) for p in sorted(Path(directory).glob("*.yaml"))
             if p.resolve() != skip]
+
+
+SEGMENT_NAMES = ("overall", "warm", "long_tail", "cold")
+SEGMENT_RULES = ("min_uplift", "tolerance")
+
+
+def _check_segment_rules(gate: GateConfig, errors: list[str]) -> None:
+    if not isinstance(gate.segments, dict):
+        errors.append(f"gate.segments: a mapping of segment -> rules, got {gate.segments!r}")
+        return
+    if gate.segments and gate.task != "ranking":
+        errors.append("gate.segments: only for gate.task: ranking (CTR is judged per scenario)")
+    for name, rule in gate.segments.items():
+        key = f"gate.segments.{name}"
+        if name not in SEGMENT_NAMES:
+            errors.append(f"{key}: unknown segment (known: {', '.join(SEGMENT_NAMES)})")
+        elif not isinstance(rule, dict) or not rule:
+            errors.append(f"{key}: give min_uplift and/or tolerance, got {rule!r}")
+        else:
+            for k, v in rule.items():
+                if k not in SEGMENT_RULES:
+                    errors.append(f"{key}.{k}: unknown rule (known: {', '.join(SEGMENT_RULES)})")
+                elif not isinstance(v, (int, float)) or isinstance(v, bool):
+                    errors.append(f"{key}.{k}: a number, got {v!r}")
+                elif k == "tolerance" and v < 0:
+                    errors.append(f"{key}.tolerance: >= 0, got {v}")
 
 
 def _message(source: str, errors: list[str]) -> str:

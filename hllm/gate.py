@@ -31,14 +31,16 @@ from typing import Any, Callable
 import numpy as np
 
 from hllm.errors import ConfigError, HLLMError
-from hllm.evaluate import paired_bootstrap
+from hllm.evaluate import paired_bootstrap, per_user_metric
 from hllm.experiment import ABConfig, load_ab_config
+from hllm.segments import load_masks
 
 log = logging.getLogger(__name__)
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
 METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 GATE_EXPERIMENT = "hllm-gate"
+SEGMENTS_FILE = "test_segments.npz"
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Evidence:
     label: str
     metrics: dict[str, Any]
     ranks: np.ndarray | None = None  # ranking task: per-user rank of the held-out item
+    segments: dict[str, np.ndarray] | None = None  # ranking task: per-user segment masks
     predictions: dict[str, np.ndarray] | None = None  # ctr task: label, probability, scenario per row
 
     @property
@@ -104,7 +107,9 @@ def evidence_from_dir(path: str | Path, label: str | None = None, task: str = "r
     if task == "ctr":
         with np.load(unit_file, allow_pickle=False) as z:
             return Evidence(label or str(path), metrics, predictions={k: z[k] for k in z.files})
-    return Evidence(label or str(path), metrics, ranks=np.load(unit_file, allow_pickle=False))
+    seg_file = path / SEGMENTS_FILE
+    return Evidence(label or str(path), metrics, ranks=np.load(unit_file, allow_pickle=False),
+                    segments=load_masks(seg_file) if seg_file.is_file() else None)
 
 
 def evidence_from_version(client, name: str, version: str, task: str = "ranking") -> Evidence:
@@ -120,6 +125,11 @@ def evidence_from_version(client, name: str, version: str, task: str = "ranking"
         except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds here
             raise ConfigError(f"model {name} version {version} (run {run_id}): cannot read its "
                               f"metrics.json/{unit_file} artifacts: {exc}") from exc
+        if task == "ranking":
+            try:  # optional: versions registered before segments existed lack it
+                client.download_artifacts(run_id, SEGMENTS_FILE, tmp)
+            except Exception:  # noqa: BLE001
+                log.info("%s v%s: no %s; segment rules will refuse it", name, version, SEGMENTS_FILE)
         return evidence_from_dir(tmp, f"{name} v{version}", task)
 
 
@@ -181,7 +191,51 @@ def ranking_rules(cfg: ABConfig) -> TaskRules:
                                 {"diff": diff, "bar": floor}))
         return checks
 
-    return TaskRules("ID baseline", bootstrap, vs_champion)
+    def vs_baseline(chal: Evidence, base: Evidence) -> list[Check]:
+        return [segment_check(name, rule, chal, base, g, "ID baseline")
+                for name, rule in g.segments.items()]
+
+    return TaskRules("ID baseline", bootstrap, vs_champion, vs_baseline)
+
+
+def segment_check(segment: str, rule: dict[str, float], chal: Evidence, other: Evidence,
+                  g, who: str) -> Check:
+    """gate.segments[segment] on the primary metric, over that segment's users only.
+
+    `min_uplift`: the lower end of the paired bootstrap interval must exceed it (a win
+    beyond the noise); `tolerance`: the difference may not be below -tolerance (no loss
+    beyond it). "overall" is every user. Refuses, naming the segment, when the evidence
+    has no per-user segments or the segment has no users on this split.
+    """
+    metric, name = g.primary_metric, f"segment {segment} vs {who}"
+    if segment == "overall":
+        mask = np.ones(len(chal.ranks), dtype=bool)
+    elif chal.segments is None:
+        return Check(name, False, f"segment {segment}: {chal.label} has no per-user segments "
+                                  "(test_segments.npz); evaluate it again with `hllm evaluate`")
+    else:
+        mask = chal.segments.get(segment)
+        if mask is None:
+            return Check(name, False, f"segment {segment}: not in {chal.label}'s evaluation")
+    n = int(mask.sum())
+    if n == 0:
+        return Check(name, False, f"segment {segment}: no users on this split (for a cold segment, "
+                                  "hold items out with data.cold_items)", {"users": 0})
+    ci = paired_bootstrap(chal.ranks[mask], other.ranks[mask], metric,
+                          samples=g.bootstrap_samples, seed=g.seed, level=g.confidence)
+    rules, passed = [], True
+    if "min_uplift" in rule:
+        passed &= ci["low"] > rule["min_uplift"]
+        rules.append(f"CI lower end must exceed {rule['min_uplift']:+.4f}")
+    if "tolerance" in rule:
+        passed &= ci["diff"] >= -rule["tolerance"]
+        rules.append(f"diff must be >= {-rule['tolerance']:+.4f}")
+    a = float(per_user_metric(chal.ranks[mask], metric).mean())
+    b = float(per_user_metric(other.ranks[mask], metric).mean())
+    return Check(name, bool(passed),
+                 f"segment {segment} ({n} users): {metric} {a:.4f} vs {who} {b:.4f}, diff "
+                 f"{ci['diff']:+.4f}, {g.confidence:.0%} CI {ci['low']:+.4f}..{ci['high']:+.4f}; "
+                 + " and ".join(rules), {**ci, "users": n, **rule})
 
 
 def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
@@ -216,8 +270,8 @@ def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
             f"diff {ci['diff']:+.4f}, {g.confidence:.0%} CI {ci['low']:+.4f}..{ci['high']:+.4f}, "
             f"lower end must exceed {bar:+.4f}", {**ci, "bar": bar}))
         checks += rules.vs_champion(challenger, champion)
-    if g.beat_baseline:
-        name = f"ahead of {rules.baseline}"
+    if g.beat_baseline or g.segments:
+        name = f"ahead of {rules.baseline}" if g.beat_baseline else f"vs {rules.baseline}"
         if baseline is None:
             checks.append(Check(name, False, f"no {rules.baseline} evaluation given (--baseline); "
                                              "the gate requires one"))
@@ -225,13 +279,14 @@ def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
             checks.append(Check(name, False, f"the {rules.baseline} was evaluated on a different split "
                                              f"({baseline.split[:12]} vs {challenger.split[:12]})"))
         else:
-            ci = rules.bootstrap(challenger, baseline)
-            ahead, rule = baseline_rule(g.baseline_margin, ci)
-            checks.append(Check(
-                name, ahead,
-                f"{primary} {challenger.metrics[primary]:.4f} vs {rules.baseline} "
-                f"{baseline.metrics[primary]:.4f}: diff {ci['diff']:+.4f} "
-                f"(CI {ci['low']:+.4f}..{ci['high']:+.4f}), {rule}", ci))
+            if g.beat_baseline:
+                ci = rules.bootstrap(challenger, baseline)
+                ahead, rule = baseline_rule(g.baseline_margin, ci)
+                checks.append(Check(
+                    name, ahead,
+                    f"{primary} {challenger.metrics[primary]:.4f} vs {rules.baseline} "
+                    f"{baseline.metrics[primary]:.4f}: diff {ci['diff']:+.4f} "
+                    f"(CI {ci['low']:+.4f}..{ci['high']:+.4f}), {rule}", ci))
             checks += rules.vs_baseline(challenger, baseline)
     return checks
 

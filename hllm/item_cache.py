@@ -49,3 +49,30 @@ def load_or_compute_item_cache(model: HLLM, cfg: Config, device: torch.device, d
     barrier()
     model.set_item_cache(load_file(str(path))["embeddings"].to(device))
     log.info("item embeddings loaded from cache %s", path.name)
+
+
+def load_or_compute_prefix_states(model: HLLM, cfg: Config, device: torch.device, dist: Dist,
+                                  progress: bool = True) -> None:
+    """Top-k fine-tuning: cache what enters the first trainable layer, once per item.
+
+    Keyed like the embedding table plus k; $HLLM_CACHE/item-prefix/<key>-top<k>.safetensors.
+    """
+    from hllm.models.prefix_cache import PrefixStates, compute_prefix_states
+
+    k = cfg.item_llm.top_k_layers
+    path = storage.cache_root() / "item-prefix" / f"{cache_key(model, cfg)}-top{k}.safetensors"
+    layer = model.item_llm.backbone.config.num_hidden_layers - k
+    if not path.exists() and dist.is_main:
+        log.info("running the %d frozen Item LLM layers once over %d items (cached at %s)",
+                 layer, len(model.item_tokens), path)
+        prefix = compute_prefix_states(model.item_llm, model.item_tokens, layer, device=device,
+                                       progress=progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"states": prefix.states.contiguous(), "offsets": prefix.offsets}, str(tmp))
+        tmp.replace(path)
+    barrier()
+    saved = load_file(str(path))
+    model.set_prefix_states(PrefixStates(saved["states"], saved["offsets"]).to(device))
+    log.info("Item LLM layer-%d inputs loaded from cache %s (%.0f MB)", layer, path.name,
+             saved["states"].numel() * 4 / 2**20)

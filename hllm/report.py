@@ -29,6 +29,7 @@ from typing import Any, Iterator, Sequence
 
 TEST_METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 RECALL_KS = (10, 50, 200)
+SEGMENT_METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 MODELS = {"hllm": "train_hllm", "sasrec": "train_sasrec"}
 STEP_ORDER = ("validate", "features", "train_hllm", "train_sasrec", "evaluate_hllm",
               "evaluate_sasrec", "export_onnx", "register", "gate")
@@ -107,6 +108,7 @@ def _model_summary(run: Path) -> dict[str, Any] | None:
     if metrics is None:
         return None
     return {"metrics": {k: metrics[k] for k in TEST_METRICS if k in metrics},
+            "segments": metrics.get("segments", {}),
             "valid": metrics.get("valid", {}), "preset": metrics.get("preset"),
             "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run"),
             "split_sha256": metrics.get("split_sha256")}
@@ -307,6 +309,19 @@ def _charts(summary: dict[str, Any], run: Path) -> list[str]:
             line_chart(recall, "Test Recall@K", "K", "recall", x_ticks=RECALL_KS)]
 
 
+def _segment_tables(models: dict[str, Any]) -> list[str]:
+    """Test metrics per user segment (hllm.segments): where text should beat item ids."""
+    rows = [[name, segment, seg.get("users", 0), *(seg.get(k) if seg.get(k) is not None else "-"
+                                                   for k in SEGMENT_METRICS)]
+            for name, m in models.items() for segment, seg in (m.get("segments") or {}).items()]
+    if not rows:
+        return []
+    return ["<h2>Test metrics by segment</h2><p>warm: target seen in training; long_tail: "
+            "target among the 80% least-popular items; cold: target never seen in training "
+            "(data.cold_items holds the newest items out).</p>",
+            _table(["model", "segment", "users", *SEGMENT_METRICS], rows)]
+
+
 def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
     """The report page: metrics, charts, gate reasoning, lineage and step timings."""
     run = Path(run_dir)
@@ -323,6 +338,7 @@ def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
         parts.append(_table(["model", *TEST_METRICS],
                             [[n, *(m["metrics"].get(k, "") for k in TEST_METRICS)]
                              for n, m in summary["models"].items()]))
+        parts += _segment_tables(summary["models"])
         parts.append("<div class=charts>" + "".join(_charts(summary, run)) + "</div>")
     onnx = summary.get("onnx")
     if onnx:

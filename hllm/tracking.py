@@ -26,7 +26,8 @@ import yaml
 from hllm.errors import ConfigError, HLLMError
 
 DEFAULT_EXPERIMENT = "hllm"
-ARTIFACTS = ("config.yaml", "metrics.json", "test_ranks.npy", "log.jsonl", "validation.json")
+ARTIFACTS = ("config.yaml", "metrics.json", "test_ranks.npy", "test_segments.npz", "log.jsonl",
+             "validation.json")
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -147,8 +148,13 @@ def run_metrics(metrics: dict[str, Any], records: list[dict[str, Any]]) -> list[
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if numeric and ("@" in key or key == "mrr"):
             out.append((f"test_{metric_name(key)}", float(value), final_step))
+    for segment, values in (metrics.get("segments") or {}).items():
+        for key, value in values.items():
+            if isinstance(value, (int, float)):  # an empty segment's metrics are null
+                out.append((f"test_{segment}_{metric_name(key)}", float(value), final_step))
     for key, value in (metrics.get("valid") or {}).items():
-        out.append((f"best_valid_{metric_name(key)}", float(value), final_step))
+        if isinstance(value, (int, float)):
+            out.append((f"best_valid_{metric_name(key)}", float(value), final_step))
     for key in ("best_epoch", "epochs_run", "num_users", "num_items"):
         if isinstance(metrics.get(key), (int, float)):
             out.append((key, float(metrics[key]), final_step))

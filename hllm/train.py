@@ -55,10 +55,11 @@ from hllm.distributed import (Dist, all_reduce_sum, barrier, full_optimizer_stat
                               shard_model)
 from hllm.errors import ConfigError
 from hllm.evaluate import metrics_from_ranks, user_ranks
-from hllm.item_cache import load_or_compute_item_cache
+from hllm.item_cache import load_or_compute_item_cache, load_or_compute_prefix_states
 from hllm.models.base import SequentialRecommender
 from hllm.models.hllm import HLLM
 from hllm.models.sasrec import SASRec
+from hllm.segments import save_masks, segment_masks, segment_metrics
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,11 @@ class Trainer:
             t0 = time.perf_counter()
             load_or_compute_item_cache(self.model, self.cfg, self.device, self.dist, self.progress)
             self.timings["item_cache_s"] = time.perf_counter() - t0
+        elif (isinstance(self.model, HLLM) and self.cfg.item_llm.trainable == "top-k"
+              and self.cfg.item_llm.prefix_cache):
+            t0 = time.perf_counter()
+            load_or_compute_prefix_states(self.model, self.cfg, self.device, self.dist, self.progress)
+            self.timings["item_cache_s"] = time.perf_counter() - t0
 
     def _steps_per_epoch(self) -> int:
         per_rank = len(self.windows) // self.dist.world_size
@@ -416,9 +422,12 @@ class Trainer:
         if best.exists():
             load_weights(self.model, best)
         t0 = time.perf_counter()
-        test_ranks = self.ranks("test")
-        test = metrics_from_ranks(test_ranks)
-        valid = self.evaluate("valid")
+        test_ranks, valid_ranks = self.ranks("test"), self.ranks("valid")
+        test_segments = segment_masks(self.split, "test")
+        test = {**metrics_from_ranks(test_ranks),
+                "segments": segment_metrics(test_ranks, test_segments)}
+        valid = {**metrics_from_ranks(valid_ranks),
+                 "segments": segment_metrics(valid_ranks, segment_masks(self.split, "valid"))}
         self.timings["evaluate_s"] = time.perf_counter() - t0
         result = {**test, "valid": valid, "model": self.model_name, "preset": self.cfg.preset,
                   "best_epoch": self.state.best_epoch, "epochs_run": self.state.epoch,
@@ -428,6 +437,7 @@ class Trainer:
         if self.dist.is_main:
             write_json(self.out / "metrics.json", result)
             np.save(self.out / "test_ranks.npy", test_ranks)
+            save_masks(self.out / "test_segments.npz", test_segments)
         return result
 
     # ------------------------------------------------------------ checkpoints

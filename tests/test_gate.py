@@ -18,6 +18,7 @@ import yaml
 from hllm.errors import ConfigError
 from hllm.evaluate import metrics_from_ranks
 from hllm.gate import gate, rollback
+from hllm.segments import save_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS, ITEMS = 943, 1682
@@ -33,31 +34,38 @@ def better(ranks):  # most users' targets move well up the list
 def write_ab(tmp_path: Path, model: str, **gate_overrides) -> Path:
     raw = yaml.safe_load((ROOT / "configs" / "ab" / "hllm-rollout.yaml").read_text())
     raw["model"] = model
-    raw["gate"].update({"bootstrap_samples": 500, "absolute": {"ndcg@10": 0.01}}, **gate_overrides)
+    # The overall-baseline rule by default; tests of the shipped segment rules pass them in.
+    raw["gate"].update({"bootstrap_samples": 500, "absolute": {"ndcg@10": 0.01},
+                        "beat_baseline": True, "segments": {}}, **gate_overrides)
     path = tmp_path / f"{model}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def evaluation_dir(tmp_path: Path, ranks: np.ndarray, split: str = SPLIT) -> Path:
+def evaluation_dir(tmp_path: Path, ranks: np.ndarray, split: str = SPLIT,
+                   segments: dict[str, np.ndarray] | None = None) -> Path:
     d = tmp_path / uuid.uuid4().hex[:8]
     d.mkdir()
     metrics = {**metrics_from_ranks(ranks), "split_sha256": split}
     (d / "metrics.json").write_text(json.dumps(metrics))
     np.save(d / "test_ranks.npy", ranks)
+    if segments is not None:
+        save_masks(d / "test_segments.npz", segments)
     return d
 
 
-def add_version(client, tmp_path: Path, model: str, ranks: np.ndarray, split: str = SPLIT) -> str:
+def add_version(client, tmp_path: Path, model: str, ranks: np.ndarray, split: str = SPLIT,
+                segments: dict[str, np.ndarray] | None = None) -> str:
     """A registered version whose source run carries the evaluation, as `hllm register` leaves it."""
     from mlflow.exceptions import MlflowException
 
-    d = evaluation_dir(tmp_path, ranks, split)
+    d = evaluation_dir(tmp_path, ranks, split, segments)
     exp = client.get_experiment_by_name("gate-tests") or None
     exp_id = exp.experiment_id if exp else client.create_experiment("gate-tests")
     run = client.create_run(exp_id)
-    for f in ("metrics.json", "test_ranks.npy"):
-        client.log_artifact(run.info.run_id, str(d / f))
+    for f in ("metrics.json", "test_ranks.npy", "test_segments.npz"):
+        if (d / f).is_file():
+            client.log_artifact(run.info.run_id, str(d / f))
     client.set_terminated(run.info.run_id)
     try:
         client.get_registered_model(model)
@@ -153,3 +161,40 @@ def test_rollback_without_a_previous_champion_is_refused(registry):
     client, model, ab = registry
     with pytest.raises(ConfigError, match="nothing to roll back to"):
         rollback(ab)
+
+
+COLD = np.arange(USERS) < 120  # the first 120 users' targets are cold items
+MASKS = {"warm": ~COLD, "long_tail": COLD | (np.arange(USERS) % 3 == 0), "cold": COLD}
+SHIPPED_SEGMENT_RULES = yaml.safe_load(
+    (ROOT / "configs" / "ab" / "hllm-rollout.yaml").read_text())["gate"]["segments"]
+
+
+@pytest.mark.parametrize("case", ["wins cold, level elsewhere", "loses on warm", "no segments"])
+def test_shipped_segment_rules_against_the_id_baseline(mlflow_env, tmp_path, case):
+    """configs/ab/hllm-rollout.yaml's business rule: win on cold, do not lose overall or warm."""
+    from mlflow.tracking import MlflowClient
+
+    assert set(SHIPPED_SEGMENT_RULES) == {"cold", "overall", "warm"}
+    client, model = MlflowClient(mlflow_env), f"seg-{uuid.uuid4().hex[:8]}"
+    ab = write_ab(tmp_path, model, beat_baseline=False, segments=SHIPPED_SEGMENT_RULES)
+    ranks = np.where(COLD, better(BASE), BASE)  # far ahead of the baseline on cold targets
+    if case == "loses on warm":
+        ranks = np.where(COLD, ranks, BASE * 3)
+    segments = None if case == "no segments" else MASKS
+    version = add_version(client, tmp_path, model, ranks, segments=segments)
+    result = gate(version, ab, baseline=evaluation_dir(tmp_path, BASE, segments=MASKS))
+    by_name = {c.name: c for c in result.checks}
+    if case == "wins cold, level elsewhere":
+        assert result.promoted, result.reasons
+        cold = by_name["segment cold vs ID baseline"]
+        assert cold.numbers["users"] == 120 and cold.numbers["low"] > 0
+        assert by_name["segment warm vs ID baseline"].numbers["diff"] == 0
+    elif case == "loses on warm":
+        assert result.decision == "refused"
+        assert [r.split(" (")[0] for r in result.reasons] == ["segment overall", "segment warm"]
+        assert "segment warm (823 users): ndcg@10" in result.reasons[1]
+        assert "diff must be >= -0.0050" in result.reasons[1]
+    else:
+        assert result.decision == "refused"
+        assert any("segment cold" in r and "test_segments.npz" in r for r in result.reasons)
+    assert aliases(client, model).get("champion") == (version if result.promoted else None)

@@ -244,10 +244,17 @@ def test_local_run_end_to_end_then_cached(toy_data, tmp_path, mlflow_env, regist
     assert s["registry"]["model_name"] == name and s["registry"]["version"] == "1"
     assert s["onnx"]["max_abs_diff"] < 1e-3
     assert s["gate"]["decision"] in ("promoted", "refused")
+    segments = s["models"]["hllm"]["segments"]
+    assert set(segments) == {"warm", "long_tail", "cold"}
+    assert segments["warm"]["users"] + segments["cold"]["users"] == 40  # every toy user
+    # the shipped rollout rule judges segments against SASRec, and says so per segment
+    assert {c["name"] for c in s["gate"]["checks"]} >= {"segment cold vs ID baseline",
+                                                        "segment warm vs ID baseline"}
     assert set(s["steps"]) == set(CACHED_STEPS) | {"register", "gate"}
     assert all(st["seconds"] is not None and not st["cached"] for st in s["steps"].values())
     assert (run.run_dir / "summary.json").is_file() and (run.run_dir / "report.html").is_file()
     assert "<svg" in (run.run_dir / "report.html").read_text()
+    assert "Test metrics by segment" in (run.run_dir / "report.html").read_text()
     assert (tmp_path / "runs" / "latest").resolve() == run.run_dir.resolve()
     tags = MlflowClient(mlflow_env).get_model_version(name, "1").tags
     assert tags["pipeline_run_id"] == "e2e-1"

@@ -85,6 +85,9 @@ def build_split(raw: RawData, cfg: DataConfig) -> SplitData:
             log.info("dropped %d exact duplicate (user, item, timestamp) rows", before - len(inter))
     if cfg.k_core > 0:
         inter = k_core(inter, cfg.k_core)
+    cold: list = []
+    if cfg.cold_items:
+        inter, cold = hold_out_cold_items(inter, cfg.cold_items)
     counts = inter.groupby("user_id")["item_id"].transform("size")
     short = counts < cfg.min_user_interactions
     if short.any():
@@ -98,7 +101,8 @@ def build_split(raw: RawData, cfg: DataConfig) -> SplitData:
                         f"(k_core={cfg.k_core}); nothing to train or evaluate on")
     inter = time_ordered(inter)
 
-    item_raw = sorted(pd.unique(inter["item_id"]), key=_natural_key)
+    # Cold items stay in the catalog even when no test target is one: ranking is over all items.
+    item_raw = sorted(set(pd.unique(inter["item_id"])) | set(cold), key=_natural_key)
     item_index = {raw_id: i + 1 for i, raw_id in enumerate(item_raw)}
     inter["item"] = inter["item_id"].map(item_index).astype(np.int64)
     users, sequences = [], []
@@ -129,6 +133,31 @@ def build_split(raw: RawData, cfg: DataConfig) -> SplitData:
         log.warning("%d item(s) in the interactions have no row in the item table; "
                     "they are encoded from an empty text", missing)
     return SplitData(["", *map(str, item_raw)], users, sequences, texts, tuple(fields))
+
+
+def hold_out_cold_items(inter: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, list]:
+    """Drop every interaction with the newest `fraction` of items except a user's last one.
+
+    Items are ordered by first interaction (ties by id); the newest are "cold". A user whose
+    last event is a cold item keeps it as the test target; every other cold interaction goes,
+    so no cold item is in any training or validation sequence (nor in any history).
+    Returns (filtered interactions, the cold item ids).
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"data.cold_items={fraction}: a fraction of items in (0, 1)")
+    first = inter.groupby("item_id")["timestamp"].min()
+    by_id = {item: i for i, item in enumerate(sorted(first.index, key=_natural_key))}
+    first = first.reset_index().assign(_key=lambda f: f["item_id"].map(by_id))
+    newest = first.sort_values(["timestamp", "_key"], ascending=[False, False])
+    cold = newest["item_id"].head(int(round(fraction * len(newest)))).tolist()
+    ordered = time_ordered(inter)
+    last = ordered.groupby("user_id", sort=False).cumcount(ascending=False) == 0
+    is_cold = ordered["item_id"].isin(set(cold))
+    kept = ordered[~is_cold | last]
+    log.info("data.cold_items=%g: %d newest items held out of training and validation; "
+             "%d interactions dropped, %d users have a cold test target", fraction, len(cold),
+             int((is_cold & ~last).sum()), int((is_cold & last).sum()))
+    return kept, cold
 
 
 def time_ordered(inter: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from hllm.config import Config
 from hllm.errors import ConfigError
 from hllm.models.base import SequentialRecommender
 from hllm.models.item_llm import ItemLLM
+from hllm.models.prefix_cache import PrefixStates
 from hllm.models.pretrained import decoder_layers
 from hllm.models.user_llm import UserLLM
 
@@ -48,6 +49,8 @@ class HLLM(SequentialRecommender):
         self.standardize = cfg.item_llm.standardize
         # Filled by `set_item_cache` when the Item LLM is frozen; not a parameter.
         self.register_buffer("item_cache", torch.empty(0), persistent=False)
+        # Filled by `set_prefix_states` for top-k fine-tuning (hllm.models.prefix_cache).
+        self.prefix: PrefixStates | None = None
 
     def embed_all_items(self, device: torch.device, progress: bool | None = None) -> torch.Tensor:
         """(num_items + 1, D_item) raw Item LLM embeddings of every item, no grad."""
@@ -66,9 +69,17 @@ class HLLM(SequentialRecommender):
             raw = (raw - items.mean(0)) / (items.std(0) + 1e-6)
         self.item_cache = raw
 
+    def set_prefix_states(self, prefix: PrefixStates) -> None:
+        """Run only the trainable top layers from now on, from these cached inputs."""
+        if self.item_llm.cfg.trainable != "top-k":
+            raise ConfigError("cached prefix states need item_llm.trainable: top-k")
+        self.prefix = prefix
+
     def raw_item_embeddings(self, item_ids: torch.Tensor) -> torch.Tensor:
         if self.item_cache.numel():
             return self.item_cache[item_ids]
+        if self.prefix is not None:
+            return self.item_llm.forward_from_prefix(*self.prefix.gather(item_ids))
         if self.item_llm.frozen:
             log.warning("frozen Item LLM without a cache: embedding items on the fly")
         ids = item_ids.tolist()
@@ -98,6 +109,9 @@ class HLLM(SequentialRecommender):
     def all_item_vectors(self, num_items: int, device: torch.device) -> torch.Tensor:
         if self.item_cache.numel():
             raw = self.item_cache
+        elif self.prefix is not None:
+            ids = torch.arange(num_items + 1, device=device)
+            raw = torch.cat([self.raw_item_embeddings(chunk) for chunk in ids.split(256)])
         else:
             raw = self.item_llm.encode_all(self.item_tokens, device=device).to(device)
         return torch.cat([self.item_proj(chunk) for chunk in raw.split(4096)])

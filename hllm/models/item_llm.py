@@ -9,6 +9,7 @@ with `pooling="mean"` the hidden states of the item's tokens are averaged.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from typing import Sequence
@@ -59,6 +60,14 @@ class ItemLLM(nn.Module):
         if cfg.gradient_checkpointing:
             enable_checkpointing(self.backbone)
         self._set_trainable(cfg.trainable, cfg.top_k_layers)
+        # top-k: the [ITEM] slot enters at the first trainable layer (see
+        # hllm.models.prefix_cache), so no gradient ever runs through the frozen layers.
+        self.slot_layer: int | None = None
+        self._slots: torch.Tensor | None = None  # the current batch's slot positions
+        if cfg.trainable == "top-k" and self.item_token is not None:
+            layers = decoder_layers(self.backbone)
+            self.slot_layer = len(layers) - cfg.top_k_layers
+            layers[self.slot_layer].register_forward_pre_hook(self._inject_slot, with_kwargs=True)
 
     # ------------------------------------------------------------ setup
     def _tokenizer(self):
@@ -113,12 +122,38 @@ class ItemLLM(nn.Module):
         return padded_batch(token_ids, self.tokenizer.pad_id, slot)
 
     # ------------------------------------------------------------ forward
+    def _inject_slot(self, module, args, kwargs):
+        """Forward pre-hook of the first trainable layer: the [ITEM] vector goes in here."""
+        if self._slots is None:  # the frozen layers alone (prefix states): no slot
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        slot = self.item_token.to(hidden.dtype).expand_as(hidden)
+        hidden = torch.where(self._slots[..., None], slot, hidden)
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
     def forward(self, batch: ItemBatch) -> torch.Tensor:
         """(n, hidden) embeddings of the batch's items, in batch order."""
         embeds = self.backbone.get_input_embeddings()(batch.input_ids)  # (R, T, D)
-        if self.item_token is not None:
+        if self.item_token is not None and self.slot_layer is None:
             slot = self.item_token.to(embeds.dtype).expand_as(embeds)
             embeds = torch.where(batch.item_slots[..., None], slot, embeds)
+        self._slots = batch.item_slots
+        try:
+            out = self._backbone_forward(batch, embeds)
+        finally:
+            self._slots = None
+        hidden = out.last_hidden_state.flatten(0, 1)  # (R*T, D)
+        if self.item_token is not None:
+            return hidden[batch.readout]
+        seg = batch.segment_ids.flatten()
+        keep = seg >= 0
+        sums = hidden.new_zeros(batch.num_items, hidden.size(-1)).index_add_(0, seg[keep], hidden[keep])
+        counts = torch.bincount(seg[keep], minlength=batch.num_items).clamp_min(1)
+        return sums / counts[:, None].to(sums.dtype)
+
+    def _backbone_forward(self, batch: ItemBatch, embeds: torch.Tensor):
         real = batch.segment_ids >= 0
         if self.causal and batch.packed:
             # No mask + restarting position ids: transformers builds a block-diagonal causal
@@ -131,14 +166,49 @@ class ItemLLM(nn.Module):
             mask = batch.attention_mask_4d(causal=False) if batch.packed else real.long()
             out = self.backbone(inputs_embeds=embeds, attention_mask=mask,
                                 position_ids=torch.where(real, batch.position_ids, 0))
-        hidden = out.last_hidden_state.flatten(0, 1)  # (R*T, D)
-        if self.item_token is not None:
-            return hidden[batch.readout]
-        seg = batch.segment_ids.flatten()
-        keep = seg >= 0
-        sums = hidden.new_zeros(batch.num_items, hidden.size(-1)).index_add_(0, seg[keep], hidden[keep])
-        counts = torch.bincount(seg[keep], minlength=batch.num_items).clamp_min(1)
-        return sums / counts[:, None].to(sums.dtype)
+        return out
+
+    def forward_from_prefix(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(n, hidden) embeddings from cached inputs of the first trainable layer.
+
+        states: (n, T, D) right-padded text-token states (PrefixStates.gather), lengths: (n,).
+        Equals `forward` on the same items (tests/test_prefix_cache.py) while running only
+        the trainable layers, and in the last one only the [ITEM] position's query.
+        """
+        from hllm.models.prefix_cache import causal_mask, slot_only_layer, supports_slot_only
+
+        layers = list(decoder_layers(self.backbone))[-self.cfg.top_k_layers:]
+        n, width, _ = states.shape
+        rows = torch.arange(n, device=states.device)
+        slotted = self.item_token is not None
+        if slotted:  # append the learned [ITEM] vector right after each item's text
+            states = torch.cat([states, states.new_zeros(n, 1, states.size(-1))], 1)
+            width += 1
+            states = states.index_put((rows, lengths), self.item_token.to(states.dtype).expand(n, -1))
+        positions = torch.arange(width, device=states.device).expand(n, width)
+        mask = causal_mask(n, width, states.dtype, states.device)
+        fast = slotted and supports_slot_only(layers[-1], self.backbone.config.model_type)
+        first = self.backbone.config.num_hidden_layers - len(layers)
+        for i, layer in enumerate(layers[:-1] if fast else layers):
+            states = layer(states, attention_mask=mask, position_ids=positions,
+                           position_embeddings=self._rotary(states, positions, first + i))
+        norm = getattr(self.backbone, "norm", nn.Identity())
+        if fast:
+            cos, sin = self._rotary(states, positions, first + len(layers) - 1)
+            return norm(slot_only_layer(layers[-1], states, lengths, cos, sin))
+        states = norm(states)
+        if slotted:
+            return states[rows, lengths]
+        keep = (torch.arange(width, device=states.device)[None, :] < lengths[:, None]).to(states.dtype)
+        return (states * keep[..., None]).sum(1) / lengths.clamp_min(1)[:, None].to(states.dtype)
+
+    def _rotary(self, states: torch.Tensor, positions: torch.Tensor, layer: int):
+        """(cos, sin) for one layer; Gemma 3 has local and global rotary tables by layer type."""
+        rotary = self.backbone.rotary_emb
+        types = getattr(self.backbone.config, "layer_types", None)
+        if types and "layer_type" in inspect.signature(rotary.forward).parameters:
+            return rotary(states, positions, types[layer])
+        return rotary(states, positions)
 
     @torch.no_grad()
     def encode_all(self, token_ids: Sequence[Sequence[int]], *, device: torch.device,
