@@ -28,7 +28,7 @@ log = logging.getLogger("hllm")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="named preset: cpu-tiny, cpu-default, hllm-1b, hllm-7b")
+    p.add_argument("--preset", help="named preset: cpu-tiny, cpu-default, cpu-finetune, hllm-1b, hllm-7b")
     p.add_argument("--config", help="YAML file overriding a preset (its `base:` names the preset)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one value, e.g. --set train.lr=3e-4 (repeatable)")

@@ -207,7 +207,9 @@ def cpu_finetune() -> Config:
         "preset": "cpu-finetune",
         "item_llm.pooling": "item_token", "item_llm.trainable": "top-k",
         "item_llm.top_k_layers": 1, "item_llm.prefix_cache": True,
-        "train.epochs": 12, "train.patience": 4, "train.lr": 5e-4,
+        # A step embeds nearly the whole catalog (1,682 items) through the top layer, so
+        # bigger batches cost less per epoch: 128 windows/step, 19 steps, ~65 s per epoch.
+        "train.epochs": 14, "train.patience": 5, "train.batch_size": 128,
     })
 
 

@@ -22,12 +22,21 @@ from hllm.train import load_split
 CPU = torch.device("cpu")
 
 
-def topk_cfg(k: int, pooling: str = "item_token", **extra):
+# Gemma 3's layers differ from Llama's (RMSNorm on q and k, norms around attention and
+# MLP, local and global rotary tables by layer type, scaled input embeddings).
+TINY_GEMMA3 = dict(model_type="gemma3_text", hidden_size=32, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                   intermediate_size=64, vocab_size=260, max_position_embeddings=256,
+                   sliding_window=4, layer_types=["full_attention", "sliding_attention",
+                                                  "sliding_attention"])
+
+
+def topk_cfg(k: int, pooling: str = "item_token", arch: dict | None = None, **extra):
     return load_config("cpu-tiny", None, {
         "item_llm.trainable": "top-k", "item_llm.top_k_layers": k, "item_llm.pooling": pooling,
         # Weights far from the 0.02 default, so attention is sharp and a wrong query or
         # position shows in the loss (near-uniform attention would hide it).
-        "item_llm.arch": {**_tiny_llama(layers=3), "initializer_range": 0.3}, **extra})
+        "item_llm.arch": {**(arch or _tiny_llama(layers=3)), "initializer_range": 0.3}, **extra})
 
 
 def one_step(model: HLLM, split, seed: int = 0):
@@ -41,9 +50,11 @@ def one_step(model: HLLM, split, seed: int = 0):
     return float(loss)
 
 
-@pytest.mark.parametrize("k, pooling", [(1, "item_token"), (2, "item_token"), (1, "mean")])
-def test_a_step_from_the_cache_equals_a_step_through_every_layer(toy_data, k, pooling):
-    cfg = topk_cfg(k, pooling)
+@pytest.mark.parametrize("k, pooling, arch", [
+    (1, "item_token", None), (2, "item_token", None), (1, "mean", None),
+    (2, "item_token", TINY_GEMMA3)], ids=["llama-top1", "llama-top2", "llama-mean", "gemma3-top2"])
+def test_a_step_from_the_cache_equals_a_step_through_every_layer(toy_data, k, pooling, arch):
+    cfg = topk_cfg(k, pooling, arch)
     split = load_split(str(toy_data), cfg)
     torch.manual_seed(0)
     reference = HLLM(cfg, split.item_text)

@@ -186,21 +186,30 @@ class ItemLLM(nn.Module):
             width += 1
             states = states.index_put((rows, lengths), self.item_token.to(states.dtype).expand(n, -1))
         positions = torch.arange(width, device=states.device).expand(n, width)
-        mask = causal_mask(n, width, states.dtype, states.device)
         fast = slotted and supports_slot_only(layers[-1], self.backbone.config.model_type)
         first = self.backbone.config.num_hidden_layers - len(layers)
         for i, layer in enumerate(layers[:-1] if fast else layers):
+            mask = causal_mask(n, width, states.dtype, states.device, self._window(first + i))
             states = layer(states, attention_mask=mask, position_ids=positions,
                            position_embeddings=self._rotary(states, positions, first + i))
         norm = getattr(self.backbone, "norm", nn.Identity())
         if fast:
-            cos, sin = self._rotary(states, positions, first + len(layers) - 1)
-            return norm(slot_only_layer(layers[-1], states, lengths, cos, sin))
+            last = first + len(layers) - 1
+            cos, sin = self._rotary(states, positions, last)
+            return norm(slot_only_layer(layers[-1], states, lengths, cos, sin, self._window(last)))
         states = norm(states)
         if slotted:
             return states[rows, lengths]
         keep = (torch.arange(width, device=states.device)[None, :] < lengths[:, None]).to(states.dtype)
         return (states * keep[..., None]).sum(1) / lengths.clamp_min(1)[:, None].to(states.dtype)
+
+    def _window(self, layer: int) -> int | None:
+        """The sliding window of a sliding-attention layer (Gemma 3's local layers), else None."""
+        config = self.backbone.config
+        types = getattr(config, "layer_types", None)
+        if types and types[layer] == "sliding_attention":
+            return getattr(config, "sliding_window", None)
+        return None
 
     def _rotary(self, states: torch.Tensor, positions: torch.Tensor, layer: int):
         """(cos, sin) for one layer; Gemma 3 has local and global rotary tables by layer type."""

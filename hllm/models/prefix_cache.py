@@ -101,10 +101,14 @@ def compute_prefix_states(item_llm, token_ids: Sequence[Sequence[int]], layer: i
     return PrefixStates(torch.cat(per_item), offsets)
 
 
-def causal_mask(n: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def causal_mask(n: int, width: int, dtype: torch.dtype, device: torch.device,
+                window: int | None = None) -> torch.Tensor:
     """(n, 1, width, width) additive causal mask (right padding needs nothing more: a real
-    position never sees a later one, and pad positions are never read)."""
+    position never sees a later one, and pad positions are never read). `window`: a
+    sliding-window layer's span (a query sees the `window` most recent positions)."""
     keep = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    if window is not None:
+        keep &= ~torch.ones(width, width, dtype=torch.bool, device=device).tril(-window)
     mask = torch.zeros(width, width, dtype=dtype, device=device)
     mask.masked_fill_(~keep, torch.finfo(dtype).min)
     return mask.expand(n, 1, width, width)
@@ -123,11 +127,11 @@ def _sandwich(layer: nn.Module) -> bool:
 
 
 def slot_only_layer(layer: nn.Module, hidden: torch.Tensor, slot: torch.Tensor,
-                    cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+                    cos: torch.Tensor, sin: torch.Tensor, window: int | None = None) -> torch.Tensor:
     """A Llama-style decoder layer's output at one position per row: (n, T, D) -> (n, D).
 
     `slot`: (n,) index of the read-out position; it attends to every position up to and
-    including itself. cos/sin: (n, T, head_dim) rotary tables of the rows' positions.
+    including itself (the last `window` of them in a sliding-window layer). cos/sin: (n, T, head_dim) rotary tables of the rows' positions.
     """
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
@@ -145,7 +149,10 @@ def slot_only_layer(layer: nn.Module, hidden: torch.Tensor, slot: torch.Tensor,
     _, k = apply_rotary_pos_emb(k, k, cos, sin)
     groups = q.size(1) // k.size(1)
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    visible = torch.arange(width, device=hidden.device)[None, :] <= slot[:, None]  # (n, T)
+    keys = torch.arange(width, device=hidden.device)[None, :]
+    visible = keys <= slot[:, None]  # (n, T)
+    if window is not None:
+        visible &= keys > slot[:, None] - window
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :],
                                          scale=getattr(attn, "scaling", 1 / math.sqrt(head_dim)))
     attended = attn.o_proj(out.transpose(1, 2).reshape(n, -1))
