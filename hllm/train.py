@@ -139,13 +139,18 @@ def lr_lambda(total_steps: int, warmup_ratio: float):
 
 def saved_state_dict(model: SequentialRecommender, cfg: Config,
                      state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Weights worth saving: a frozen pretrained Item LLM is re-read from its path instead.
+    """Weights worth saving: the frozen part of a pretrained Item LLM is re-read from its
+    path instead (all of it when frozen; all but the top k layers and the final norm with
+    trainable=top-k, which saves ~500 MB per checkpoint for SmolLM2).
 
     `state`: an already gathered full state dict (FSDP); default `model.state_dict()`.
     """
     state = model.state_dict() if state is None else state
-    if isinstance(model, HLLM) and model.item_llm.frozen and cfg.item_llm.init == "pretrained":
-        state = {k: v for k, v in state.items() if not k.startswith("item_llm.backbone.")}
+    if isinstance(model, HLLM) and cfg.item_llm.init == "pretrained" and cfg.item_llm.path:
+        learned = {f"item_llm.backbone.{n}" for n, p in model.item_llm.backbone.named_parameters()
+                   if p.requires_grad}
+        state = {k: v for k, v in state.items()
+                 if not k.startswith("item_llm.backbone.") or k in learned}
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 

@@ -107,3 +107,34 @@ def test_prefix_states_are_cached_once_per_model_texts_and_k(toy_data):
     other = topk_cfg(2)
     load_or_compute_prefix_states(HLLM(other, split.item_text), other, CPU, Dist(), progress=False)
     assert len(list((storage.cache_root() / "item-prefix").iterdir())) == 2
+
+
+def test_a_topk_checkpoint_keeps_only_what_learned_and_reloads(toy_data, tmp_path):
+    """The frozen layers of a pretrained Item LLM are re-read from its path, not saved."""
+    from safetensors.torch import save_file
+    from transformers import AutoModel, LlamaConfig
+
+    from hllm.train import load_weights, saved_state_dict
+
+    pretrained = tmp_path / "tiny-llm"
+    torch.manual_seed(1)
+    AutoModel.from_config(LlamaConfig(**_tiny_llama(layers=3))).save_pretrained(pretrained)
+    cfg = topk_cfg(1, **{"item_llm.path": str(pretrained), "item_llm.init": "pretrained",
+                         "item_llm.arch": {}})
+    split = load_split(str(toy_data), cfg)
+    model = HLLM(cfg, split.item_text)
+    one_step(model, split)
+    with torch.no_grad():  # as if an optimizer step had moved the learned parts
+        for p in model.parameters():
+            if p.grad is not None:
+                p.add_(0.1 * p.grad.sign())
+    state = saved_state_dict(model, cfg)
+    backbone = {k for k in state if k.startswith("item_llm.backbone.")}
+    assert backbone and all(k.startswith(("item_llm.backbone.layers.2.", "item_llm.backbone.norm."))
+                            for k in backbone)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    fresh = HLLM(cfg, split.item_text)
+    load_weights(fresh, tmp_path / "model.safetensors")
+    ids = torch.arange(1, split.num_items + 1)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.item_vectors(ids), model.item_vectors(ids))
