@@ -60,6 +60,11 @@ def test_train_then_evaluate_and_compare(tmp_path, toy_data):
     assert trained.stdout.split("  ", 1)[1] == evaluated.stdout.split("  ", 1)[1]
     table = hllm("compare", str(out))
     assert table.returncode == 0 and "| sasrec |" in table.stdout
+    assert "| warm users | warm R@10 | warm N@10 |" in table.stdout  # the segment table
+    paired = hllm("compare", str(out), str(out)).stdout  # a run against itself: zero everywhere
+    lines = paired.split("95% paired bootstrap over users", 1)[1].splitlines()
+    assert [ln.split()[0] for ln in lines if ln.strip()] == ["overall", "warm", "long_tail", "cold"]
+    assert "+0.0000 (+0.0000 .. +0.0000)" in lines[1]
 
 
 def test_features_commands_report_bad_input_in_one_line(tmp_path, toy_data):
