@@ -290,12 +290,26 @@ class Trainer:
         return ids.to(self.device), (ids > 0).to(self.device)
 
     def _negatives(self, micro_step: int) -> torch.Tensor:
-        """This rank's slice of the step's global negative pool (uniform over all items)."""
+        """This rank's slice of the step's global negative pool (uniform over all items but
+        the held-out cold ones: sampling them as negatives would teach the model to rank
+        exactly the items the cold segment asks for at the bottom)."""
         n, w, r = self.cfg.train.num_negatives, self.dist.world_size, self.dist.rank
         g = torch.Generator().manual_seed(self.cfg.train.seed * 7_919 + micro_step)
-        pool = torch.randint(1, self.split.num_items + 1, (n - n % w,), generator=g)
+        if self.split.cold_items:
+            allowed = self._negative_items()
+            pool = allowed[torch.randint(0, len(allowed), (n - n % w,), generator=g)]
+        else:
+            pool = torch.randint(1, self.split.num_items + 1, (n - n % w,), generator=g)
         share = len(pool) // w
         return pool[r * share: (r + 1) * share].to(self.device)
+
+    def _negative_items(self) -> torch.Tensor:
+        if not hasattr(self, "_allowed_negatives"):
+            keep = torch.ones(self.split.num_items + 1, dtype=torch.bool)
+            keep[0] = False
+            keep[list(self.split.cold_items)] = False
+            self._allowed_negatives = keep.nonzero().squeeze(1)
+        return self._allowed_negatives
 
     # ------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:

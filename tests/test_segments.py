@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ML100K, write_recbole
 from hllm.config import DataConfig
@@ -89,3 +90,19 @@ def test_no_cold_item_in_training_or_validation_on_ml100k():
     masks = segment_masks(split, "test")
     cold_targets = sum(split.target(u, "test") in cold for u in range(split.num_users))
     assert masks["cold"].sum() == cold_targets == 105
+
+
+def test_cold_items_are_never_sampled_as_negatives(toy_data, tmp_path):
+    from hllm.config import load_config
+    from hllm.train import Trainer
+
+    cfg = load_config("cpu-tiny", None, {"data.cold_items": 0.3, "train.num_negatives": 64})
+    trainer = Trainer(cfg, "sasrec", str(toy_data), tmp_path / "run", progress=False)
+    trainer.setup()
+    cold = set(trainer.split.cold_items)
+    assert len(cold) == 18  # 30% of the toy's 60 items
+    drawn = set(torch.cat([trainer._negatives(step) for step in range(200)]).tolist())
+    assert not drawn & cold
+    assert drawn == set(range(1, trainer.split.num_items + 1)) - cold  # every other item can be
+    for window in trainer.windows:
+        assert not cold & set(window.tolist())

@@ -32,6 +32,9 @@ class SplitData:
     sequences: list[np.ndarray]  # per user: the full time-ordered item sequence
     item_text: list[dict[str, str]]  # index i -> {field: value}; index 0 empty
     text_fields: tuple[str, ...]
+    # Items held out by data.cold_items: test targets only, never in training (not even as
+    # sampled negatives: a model must not learn anything about them from interactions).
+    cold_items: tuple[int, ...] = ()
 
     @property
     def num_items(self) -> int:
@@ -132,7 +135,8 @@ def build_split(raw: RawData, cfg: DataConfig) -> SplitData:
         # The reference code gives such items an empty text (BOS only); keep that, but say so.
         log.warning("%d item(s) in the interactions have no row in the item table; "
                     "they are encoded from an empty text", missing)
-    return SplitData(["", *map(str, item_raw)], users, sequences, texts, tuple(fields))
+    cold_index = tuple(sorted(item_index[c] for c in cold))
+    return SplitData(["", *map(str, item_raw)], users, sequences, texts, tuple(fields), cold_index)
 
 
 def hold_out_cold_items(inter: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, list]:
