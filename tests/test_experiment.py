@@ -44,6 +44,12 @@ def test_the_shipped_example_is_valid():
     (lambda c: c["gate"].update(baseline_margin="strict"), "gate.baseline_margin",
      "point or interval"),
     (lambda c: c["gate"].update(task="regression"), "gate.task", "one of ranking, ctr"),
+    (lambda c: c["gate"]["segments"].update(coldest={"min_uplift": 0.0}), "gate.segments.coldest",
+     "unknown segment (known: overall, warm, long_tail, cold)"),
+    (lambda c: c["gate"]["segments"].update(cold={"uplift": 0.0}), "gate.segments.cold.uplift",
+     "unknown rule (known: min_uplift, tolerance)"),
+    (lambda c: c["gate"]["segments"].update(warm={"tolerance": -1}), "gate.segments.warm.tolerance",
+     ">= 0"),
 ])
 def test_bad_configs_name_the_field(edit, field, words):
     raw = example()

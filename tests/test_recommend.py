@@ -28,7 +28,9 @@ def served(tmp_path_factory, mlflow_server_url, s3_endpoint):
     ab = base / "ab.yaml"
     raw = yaml.safe_load((ROOT / "configs" / "ab" / "hllm-rollout.yaml").read_text())
     raw["model"] = model
-    raw["gate"].update(absolute={"ndcg@10": 0.0}, beat_baseline=False, bootstrap_samples=200)
+    # No ID baseline here: neither the overall nor the per-segment comparison with it.
+    raw["gate"].update(absolute={"ndcg@10": 0.0}, beat_baseline=False, segments={},
+                       bootstrap_samples=200)
     ab.write_text(yaml.safe_dump(raw))
 
     def hllm(*args: str) -> subprocess.CompletedProcess:
