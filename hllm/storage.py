@@ -16,6 +16,7 @@ multi-GB checkpoint does not need special handling by callers. S3 failures becom
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -245,23 +246,38 @@ def download_dir(src: str, dest: str | os.PathLike, config=None) -> Path:
 
 
 def _download(uri: str) -> Path:
-    """Fetch an object or a prefix into the cache; files already there (same size) are kept."""
+    """Fetch an object or a prefix into the cache, keeping only what S3 still holds unchanged.
+
+    A local copy is reused when its object's ETag is the one recorded when it was fetched
+    (size alone misses an overwrite with other bytes of the same length); files whose
+    objects are gone from the prefix are deleted, so the copy is the listing, byte for byte.
+    The ETag record is written after the files: a crash in between re-fetches them.
+    """
     bucket, key = split_s3(uri.rstrip("/"))
-    target = cache_root() / "s3" / hashlib.sha256(uri.encode()).hexdigest()[:16] / (Path(key).name or bucket)
+    root = cache_root() / "s3" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = root / (Path(key).name or bucket)
     objects = list_objects(f"s3://{bucket}/{key}")
     if not objects:
         raise DataError(f"{uri}: no object or prefix '{key}' in bucket '{bucket}'")
     exact = [o for o in objects if o["Key"] == key]
-    if exact:  # a single object
-        if not target.exists() or target.stat().st_size != exact[0]["Size"]:
-            download(f"s3://{bucket}/{key}", target)
-        return target
     prefix = key.rstrip("/") + "/"
-    for obj in objects:
-        if not obj["Key"].startswith(prefix) or obj["Key"].endswith("/"):
+    if exact:  # a single object
+        wanted = {"": (key, exact[0].get("ETag", ""))}
+    else:
+        wanted = {o["Key"][len(prefix):]: (o["Key"], o.get("ETag", "")) for o in objects
+                  if o["Key"].startswith(prefix) and not o["Key"].endswith("/")}
+    record = root / "etags.json"
+    fetched = json.loads(record.read_text()) if record.is_file() else {}
+    if not exact and target.is_dir():
+        for path in [p for p in target.rglob("*") if p.is_file()]:
+            if path.relative_to(target).as_posix() not in wanted:
+                path.unlink()  # deleted from the prefix since the last fetch
+    for rel, (obj_key, etag) in wanted.items():
+        dest = target / rel if rel else target
+        if etag and fetched.get(rel) == etag and dest.is_file():
             continue
-        dest = target / obj["Key"][len(prefix):]
-        if dest.exists() and dest.stat().st_size == obj["Size"]:
-            continue
-        download(f"s3://{bucket}/{obj['Key']}", dest)
+        download(f"s3://{bucket}/{obj_key}", dest)
+    staged = record.with_name(record.name + ".part")
+    staged.write_text(json.dumps({rel: etag for rel, (_, etag) in wanted.items()}, indent=1))
+    staged.replace(record)
     return target

@@ -26,6 +26,28 @@ def test_s3_dataset_reads_like_the_local_one(toy_data, s3_env):
     assert single.read_text() == (toy_data / "toy.item").read_text()
 
 
+def test_cached_copy_follows_overwrites_and_deletes(s3_env):
+    from hllm.lineage import data_sha256
+
+    client = storage.s3_client()
+    client.create_bucket(Bucket="changing")
+    client.put_object(Bucket="changing", Key="d/a.txt", Body=b"aaaa")
+    client.put_object(Bucket="changing", Key="d/b.txt", Body=b"keep")
+    assert (storage.local_path("s3://changing/d") / "a.txt").read_bytes() == b"aaaa"
+    before = data_sha256("s3://changing/d")
+    # Other bytes of the same size, then an object deleted from the prefix.
+    client.put_object(Bucket="changing", Key="d/a.txt", Body=b"bbbb")
+    client.delete_object(Bucket="changing", Key="d/b.txt")
+    local = storage.local_path("s3://changing/d")
+    assert (local / "a.txt").read_bytes() == b"bbbb"
+    assert sorted(p.name for p in local.iterdir()) == ["a.txt"]
+    assert data_sha256("s3://changing/d") != before
+    # A single object, overwritten with the same size.
+    assert storage.local_path("s3://changing/d/a.txt").read_bytes() == b"bbbb"
+    client.put_object(Bucket="changing", Key="d/a.txt", Body=b"cccc")
+    assert storage.local_path("s3://changing/d/a.txt").read_bytes() == b"cccc"
+
+
 def test_missing_s3_prefix_names_bucket_and_key(s3_env):
     client = storage.s3_client()
     client.create_bucket(Bucket="empty")
