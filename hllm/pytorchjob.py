@@ -315,7 +315,8 @@ def train_placed(model: str, data: str, out: str | Path, *, preset: str = "", co
     from hllm.config import load_config
     from hllm.train import train
 
-    return train(load_config(preset or None, config_file or None), model, data, out)
+    # The pipeline's validate step checked this data (same data_version) and gates this branch.
+    return train(load_config(preset or None, config_file or None), model, data, out, validate=False)
 
 
 # ------------------------------------------------------------------ inside the job's pods

@@ -45,7 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from hllm.atomic import swap_dir
+from hllm.atomic import recover_dir, swap_dir
 from hllm.config import Config, config_from_dict
 from hllm.data.readers import read_dataset
 from hllm.data.split import SplitData, build_split
@@ -53,7 +53,8 @@ from hllm.distributed import (Dist, all_reduce_sum, barrier, full_optimizer_stat
                               full_state_dict, gather_with_grad, init_distributed, is_fsdp,
                               load_full_optimizer_state_dict, load_full_state_dict, pick_device,
                               shard_model)
-from hllm.errors import ConfigError
+from hllm.errors import ConfigError, DataError
+from hllm.validation import require_valid
 from hllm.evaluate import metrics_from_ranks, user_ranks
 from hllm.item_cache import load_or_compute_item_cache, load_or_compute_prefix_states
 from hllm.models.base import SequentialRecommender
@@ -170,8 +171,9 @@ def load_weights(model: SequentialRecommender, path: Path) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config, model_name: str, data: str, out: str | Path,
-                 resume: bool = False, progress: bool | None = None):
+                 resume: bool = False, progress: bool | None = None, validate: bool = True):
         self.cfg, self.model_name, self.data = cfg, model_name, data
+        self.validate = validate
         self.out = Path(out)
         self.dist: Dist = init_distributed()
         self.device = pick_device(self.dist)
@@ -183,9 +185,21 @@ class Trainer:
     # ------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
-        if self.out.exists() and (self.out / "checkpoint").exists() and not self.resume:
+        checkpoint = self.out / "checkpoint"
+        saved = checkpoint.is_dir() or checkpoint.with_name("checkpoint.old").is_dir()
+        if saved and not self.resume:
             raise ConfigError(f"{self.out} already holds a checkpoint; pass --resume to continue "
                               "it, or choose another --out")
+        if self.resume and not saved:
+            # Never a silent restart from step 0: the operator asked to continue something.
+            raise ConfigError(f"--resume: {self.out} holds no checkpoint/ (nor checkpoint.old/) "
+                              "to continue; drop --resume to train from scratch")
+        if self.resume and self.dist.is_main and recover_dir(checkpoint):
+            log.warning("%s: restored from checkpoint.old (the last save was interrupted "
+                        "between its two renames)", checkpoint)
+        barrier()
+        if self.validate:
+            require_valid(self.data, cfg.data.min_user_interactions)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self._build_model()
@@ -209,8 +223,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(total, cfg.train.warmup_ratio))
         self.state = TrainState()
-        if self.resume and (self.out / "checkpoint").exists():
-            self._load_checkpoint(self.out / "checkpoint")
+        if self.resume:
+            self._load_checkpoint(checkpoint)
         n_params = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("%s: %d users, %d items, %d training windows; %.1fM params (%.2fM trainable); "
@@ -538,8 +552,14 @@ def _json_default(value: Any) -> Any:
 
 
 def train(cfg: Config, model_name: str, data: str, out: str | Path, resume: bool = False,
-          progress: bool | None = None) -> dict[str, Any]:
-    trainer = Trainer(cfg, model_name, data, out, resume=resume, progress=progress)
+          progress: bool | None = None, validate: bool = True) -> dict[str, Any]:
+    """Validate `data` (the checks of `hllm validate`), train, evaluate; returns metrics.json.
+
+    validate=False only where the same data was validated just before (the pipeline's
+    validate step, whose outcome gates the training branch).
+    """
+    trainer = Trainer(cfg, model_name, data, out, resume=resume, progress=progress,
+                      validate=validate)
     trainer.setup()
     return trainer.train()
 
@@ -560,6 +580,13 @@ def evaluate_run(run_dir: str | Path, data: str | None = None,
     trainer._build_model()
     metrics_path = run_dir / "metrics.json"
     previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    recorded, split_hash = previous.get("split_sha256"), trainer.split.fingerprint()
+    if recorded and split_hash != recorded:
+        # metrics.json describes the run on its own split; numbers from another would
+        # sit under the trained run's name (and its lineage tags) unnoticed.
+        raise DataError(f"{data or run['dataset']}: its split (split_sha256 {split_hash[:12]}) "
+                        f"is not the one {run_dir} was trained and evaluated on "
+                        f"({recorded[:12]}); nothing rewritten. Train a run on this data instead")
     trainer.state = TrainState(best_epoch=previous.get("best_epoch", -1),
                                epoch=previous.get("epochs_run", 0),
                                history=previous.get("history", []))

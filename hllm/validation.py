@@ -26,7 +26,7 @@ import pandas as pd
 
 from hllm import storage
 from hllm.data.readers import locate_tables, read_raw_table
-from hllm.errors import DataError
+from hllm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,10 @@ def _suites(inter: pd.DataFrame, items: pd.DataFrame | None, cfg: ValidationConf
     if items is not None and "item_id" in inter and "item_id" in items:
         known = sorted(set(items["item_id"].dropna()))
         exp.append(gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=known))
+    for col in ("user_id", "item_id"):
+        if f"{col}_spellings" in inter:  # "1" and "1.0": one id to a person, two to the reader
+            exp.append(gxe.ExpectColumnValuesToNotMatchRegex(column=f"{col}_spellings",
+                                                              regex=r" \| "))
     if "label" in inter:
         exp.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=["0", "1", 0, 1]))
     if "scenario" in inter and cfg.scenarios:
@@ -131,6 +135,15 @@ def _suites(inter: pd.DataFrame, items: pd.DataFrame | None, cfg: ValidationConf
                     column=f, min_value=cfg.text_min_len, max_value=cfg.text_max_len))
         out.append(("items", items, exp))
     return out
+
+
+def _spellings(ids: pd.Series) -> pd.Series:
+    """Per row, every spelling of its id's number in the file: "1 | 1.0" when there are two."""
+    text = ids.astype("string").str.strip()
+    numbers = pd.to_numeric(text, errors="coerce")
+    known = pd.DataFrame({"number": numbers, "text": text}).dropna().drop_duplicates()
+    spelled = known.groupby("number")["text"].agg(lambda t: " | ".join(sorted(t)))
+    return numbers.map(spelled).fillna(text)
 
 
 def _blank_to_null(frame: pd.DataFrame) -> pd.DataFrame:
@@ -173,6 +186,9 @@ def _check_from_result(table: str, result: Any, cfg: ValidationConfig) -> Check:
 def validate_dataset(data: str, out: str | Path | None = None,
                      cfg: ValidationConfig = ValidationConfig()) -> ValidationReport:
     """Validate the dataset at `data`; write validation.json/.html under `out` when given."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out}: a file, not a directory; validation.json and "
+                          "validation.html go into a directory")
     t0 = time.perf_counter()
     try:
         root = storage.local_path(data)
@@ -181,7 +197,12 @@ def validate_dataset(data: str, out: str | Path | None = None,
         inter = _blank_to_null(read_raw_table(inter_path, fmt))
         if inter.empty:
             raise DataError(f"{inter_path}: the interaction table has a header but no rows")
-        items = _blank_to_null(read_raw_table(item_path, fmt)) if item_path is not None else None
+        if item_path is None:
+            # Every model here reads item text (the Item LLM, features, serving): without
+            # the table, training ran and scored 0.0 everywhere after one warning.
+            raise DataError(f"{inter_path}: no item table beside it (<name>.item, items.csv or "
+                            "items.parquet); items need an id and text")
+        items = _blank_to_null(read_raw_table(item_path, fmt))
     except DataError as exc:
         # Unreadable input is a failed validation too: report it the same way.
         check = Check("input", "file_is_readable", "", False, str(exc))
@@ -191,12 +212,26 @@ def validate_dataset(data: str, out: str | Path | None = None,
         return report
     if "timestamp" in inter:
         inter["timestamp_value"] = pd.to_numeric(inter["timestamp"], errors="coerce")
+    for col in ("user_id", "item_id"):
+        if col in inter:
+            inter[f"{col}_spellings"] = _spellings(inter[col])
     checks, rows = run_suites(_suites(inter, items, cfg), cfg)
     report = ValidationReport(all(c.success for c in checks), str(data), files, rows, checks,
                               time.perf_counter() - t0)
     if out is not None:
         write_report(report, Path(out))
     return report
+
+
+def require_valid(data: str, min_user_interactions: int = 3) -> None:
+    """Refuse what `hllm validate` refuses, with its messages: training reads nothing else first.
+
+    Without it, data that loads but is wrong (millisecond or negative timestamps, user ids
+    spelled 1 and 1.0, no items file) trains to plausible metrics and exit code 0.
+    """
+    report = validate_dataset(data, cfg=ValidationConfig(min_user_interactions=min_user_interactions))
+    if not report.success:
+        raise DataError(f"not trained (nothing written): {report.summary()}")
 
 
 def run_suites(suites, cfg: ValidationConfig) -> tuple[list[Check], dict[str, int]]:

@@ -59,6 +59,10 @@ def test_resume_gives_the_same_weights(toy_data, tmp_path):
     train(tiny_cfg(**{"train.max_steps": 5}), "hllm", str(toy_data), part, progress=False)
     state = json.loads((part / "checkpoint" / "state.json").read_text())
     assert state["global_step"] == 5 and state["epoch"] == 0
+    # And the process died inside the next save, between its two renames: only
+    # checkpoint.old (step 5) and a staged checkpoint.tmp are on disk.
+    (part / "checkpoint").rename(part / "checkpoint.old")
+    (part / "checkpoint.tmp").mkdir()
     train(tiny_cfg(), "hllm", str(toy_data), part, resume=True, progress=False)
     a = load_file(str(full / "checkpoint" / "model.safetensors"))
     b = load_file(str(part / "checkpoint" / "model.safetensors"))
@@ -79,6 +83,25 @@ def test_refuses_to_overwrite_a_run_without_resume(toy_data, tmp_path):
     train(tiny_cfg(**{"train.max_steps": 1}), "sasrec", str(toy_data), out, progress=False)
     with pytest.raises(ConfigError, match="already holds a checkpoint; pass --resume"):
         train(tiny_cfg(), "sasrec", str(toy_data), out, progress=False)
+    (out / "checkpoint").rename(out / "checkpoint.old")  # a save interrupted mid-swap
+    with pytest.raises(ConfigError, match="already holds a checkpoint; pass --resume"):
+        train(tiny_cfg(), "sasrec", str(toy_data), out, progress=False)
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "config only"])
+def test_resume_without_a_checkpoint_is_refused_not_restarted(toy_data, tmp_path, state):
+    out = tmp_path / "run"
+    if state != "missing":
+        out.mkdir()
+    if state == "config only":  # a run that died before its first checkpoint
+        (out / "config.yaml").write_text("run: {model: sasrec}\n")
+    got = subprocess.run([sys.executable, "-m", "hllm.cli", "train", "--preset", "cpu-tiny",
+                          "--model", "sasrec", "--data", str(toy_data), "--out", str(out),
+                          "--resume"], capture_output=True, text=True, timeout=120)
+    assert got.returncode == 2, got.stderr[-1500:]
+    assert "holds no checkpoint" in got.stderr and "Traceback" not in got.stderr
+    assert str(out) in got.stderr
+    assert not (out / "metrics.json").exists() and not (out / "checkpoint").exists()
 
 
 def test_ddp_two_gloo_processes_match_one_process(toy_data, tmp_path):
@@ -116,6 +139,14 @@ def test_bf16_autocast_and_grad_accumulation_run(toy_data, tmp_path):
     """The GPU path's settings (bf16 autocast, accumulation) also run on CPU."""
     cfg = tiny_cfg(**{"train.precision": "bf16", "train.grad_accum": 2, "train.batch_size": 4,
                       "train.epochs": 1})
-    result = train(cfg, "hllm", str(toy_data), tmp_path / "bf16", progress=False)
-    assert 0.0 < result["recall@200"] <= 1.0
+    from hllm.train import Trainer
+
+    trainer = Trainer(cfg, "hllm", str(toy_data), tmp_path / "bf16", progress=False)
+    trainer.setup()
+    seen: set[torch.dtype] = set()
+    layer = next(m for m in trainer.model.user_llm.modules() if isinstance(m, torch.nn.Linear))
+    layer.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+    result = trainer.train()
+    assert torch.bfloat16 in seen  # the matmuls ran in bf16, as asked
     assert all(math.isfinite(r["train_loss"]) for r in result["history"])
+    assert result["epochs_run"] == 1 and result["best_epoch"] == 1

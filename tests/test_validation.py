@@ -67,6 +67,7 @@ def test_missing_column(tmp_path):
     d = tmp_path / "d"
     d.mkdir()
     (d / "x.inter").write_text("user_id:token\titem_id:token\n1\t1\n")
+    (d / "x.item").write_text("item_id:token\ttitle:token_seq\n1\tHeat\n")
     report = validate_dataset(str(d))
     assert failed(report)[("expect_column_to_exist", "timestamp")].detail == "column is missing"
 
@@ -110,3 +111,40 @@ def test_cli_exit_code_and_readable_report(tmp_path):
     assert "Validation FAILED" in page
     assert "<td>item_id</td><td>expect_column_values_to_be_in_set</td>" in page
     assert "rows 7" in page and "&quot;99&quot;" in page and "&quot;yesterday&quot;" in page
+
+
+USERS_SPELLED_TWICE = GOOD + [("1.0", 1, 5, 1_000_000_900), ("1.0", 2, 5, 1_000_000_901),
+                              ("1.0", 3, 5, 1_000_000_902)]
+TRAIN_REFUSES = {
+    "negative timestamps": ([(u, i, 5, -ts) for u, i, _, ts in GOOD], ITEMS,
+                            "expect_column_values_to_be_between"),
+    "millisecond timestamps": ([(u, i, 5, ts * 1000) for u, i, _, ts in GOOD], ITEMS,
+                               "expect_column_values_to_be_between"),
+    "timestamp past int64": (GOOD + [(2, 1, 5, 2**64)], ITEMS, "expect_column_values_to_be_between"),
+    "user ids 1 and 1.0": (USERS_SPELLED_TWICE, ITEMS,
+                           "column 'user_id_spellings': expect_column_values_to_not_match_regex"),
+    "no items file": (GOOD, None, "no item table beside it"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_REFUSES))
+def test_training_refuses_what_validation_refuses_with_its_message(tmp_path, case):
+    from hllm.config import load_config
+    from hllm.errors import DataError
+    from hllm.train import train
+
+    rows, items, words = TRAIN_REFUSES[case]
+    data = str(write_recbole(tmp_path / "d", rows, items))
+    report = validate_dataset(data)
+    assert not report.success and words in report.summary()
+    with pytest.raises(DataError) as info:
+        train(load_config("cpu-tiny"), "sasrec", data, tmp_path / "run", progress=False)
+    assert str(info.value) == f"not trained (nothing written): {report.summary()}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_ids_spelled_twice_are_named_with_their_rows(tmp_path):
+    report = validate_dataset(str(write_recbole(tmp_path / "d", USERS_SPELLED_TWICE, ITEMS)))
+    check = failed(report)[("expect_column_values_to_not_match_regex", "user_id_spellings")]
+    assert check.sample_rows[:4] == [1, 2, 3, 7] and "1 | 1.0" in check.sample_values
+    assert ("expect_column_values_to_not_match_regex", "item_id_spellings") not in failed(report)
