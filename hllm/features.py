@@ -182,7 +182,9 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
     raw = read_dataset(data)
     if embed_preset is not None:
         embedding_ids, embeddings = item_llm_embeddings(data, embed_preset)
-    run_dir = Path(run_dir)
+    # Absolute from here on: Feast's apply runs with the repo as its working directory.
+    run_dir = Path(run_dir).resolve()
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     staged = run_dir / ".feature_repo.staged"
     shutil.rmtree(staged, ignore_errors=True)
@@ -195,6 +197,10 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         final = run_dir / "feature_repo"
         swap_dir(staged, final)
+    except BaseException:
+        if created:  # a run directory made only for this build is not left behind empty
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     seconds = time.perf_counter() - t0

@@ -13,24 +13,26 @@ from conftest import write_recbole
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def hllm(*args: str) -> subprocess.CompletedProcess:
+def hllm(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hllm.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+                          text=True, cwd=cwd, timeout=300)
 
 
 @pytest.mark.parametrize("case, expected", [
     ("missing", "no such file or directory"),
-    ("no_timestamp", "missing column(s) timestamp"),
+    ("no_timestamp", "interactions column 'timestamp': expect_column_to_exist (column is missing)"),
     ("header_only", "header but no rows"),
-    ("one_each", "no user has at least 3 interactions"),
+    ("one_each", "users column 'interactions': expect_column_values_to_be_between"),
 ])
 def test_bad_data_gives_a_one_line_error(tmp_path, case, expected):
+    # Training runs validation's checks first, so it answers with validation's messages.
     data = tmp_path / "data"
     if case == "no_timestamp":
         data.mkdir()
         (data / "d.inter").write_text("user_id:token\titem_id:token\n1\t1\n")
+        (data / "d.item").write_text("item_id:token\ttitle:token_seq\n1\tHeat\n")
     elif case == "header_only":
-        write_recbole(data, [], None)
+        write_recbole(data, [], [(1, "a", "g")])
     elif case == "one_each":
         write_recbole(data, [(1, 1, 5, 1), (2, 2, 5, 2)], [(1, "a", "g"), (2, "b", "g")])
     result = hllm("train", "--preset", "cpu-tiny", "--data", str(data), "--out", str(tmp_path / "run"))
@@ -65,6 +67,17 @@ def test_train_then_evaluate_and_compare(tmp_path, toy_data):
     lines = paired.split("95% paired bootstrap over users", 1)[1].splitlines()
     assert [ln.split()[0] for ln in lines if ln.strip()] == ["overall", "warm", "long_tail", "cold"]
     assert "+0.0000 (+0.0000 .. +0.0000)" in lines[1]
+    # Another dataset's split never overwrites the run's own metrics.json.
+    from conftest import synthetic_rows
+
+    inter, items = synthetic_rows(seed=1)
+    other = write_recbole(tmp_path / "other", inter, items)
+    before = (out / "metrics.json").read_bytes()
+    refused = hllm("evaluate", "--run", str(out), "--data", str(other))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-1500:]
+    recorded = __import__("json").loads(before)["split_sha256"][:12]
+    assert "split_sha256" in refused.stderr and recorded in refused.stderr
+    assert (out / "metrics.json").read_bytes() == before
 
 
 def test_features_commands_report_bad_input_in_one_line(tmp_path, toy_data):
@@ -78,6 +91,15 @@ def test_features_commands_report_bad_input_in_one_line(tmp_path, toy_data):
     new.write_text("item_id,title\nn1,Fresh\n")
     added = hllm("features", "add-items", str(new), "--run", str(tmp_path / "run"))
     assert added.returncode == 2 and "no feature repo built by `hllm features build`" in added.stderr
+
+
+def test_features_build_takes_a_relative_run_directory(tmp_path, toy_data):
+    # The README's own spelling: `--run runs/features`, relative to where the command runs.
+    built = hllm("features", "build", "--data", str(toy_data), "--run", "runs/features",
+                 cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    repo = tmp_path / "runs" / "features" / "feature_repo"
+    assert (repo / "feature_store.yaml").is_file() and (repo / "data" / "online_store.db").is_file()
 
 
 def test_msr_stats_through_the_cli(tmp_path):

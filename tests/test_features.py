@@ -93,6 +93,10 @@ def test_failure_part_way_keeps_the_previous_features(tmp_path, monkeypatch):
     assert snapshot(first.repo) == before
     assert online(first.repo) == values
     assert sorted(p.name for p in tmp_path.joinpath("run").iterdir()) == ["feature_repo"]
+    # A run directory made only for the failed build is not left behind, empty.
+    with pytest.raises(RuntimeError, match="unreachable"):
+        build(tmp_path, run="fresh-run")
+    assert not (tmp_path / "fresh-run").exists()
 
 
 BAD = {
