@@ -30,14 +30,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hllm import tracking
 from hllm.errors import ConfigError, HLLMError
 from hllm.evaluate import paired_bootstrap, per_user_metric
-from hllm.experiment import ABConfig, load_ab_config
+from hllm.experiment import ALIASES, ABConfig, load_ab_config
 from hllm.segments import load_masks
 
 log = logging.getLogger(__name__)
 
-CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
+CHAMPION, CHALLENGER, PREVIOUS = ALIASES
 METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 GATE_EXPERIMENT = "hllm-gate"
 SEGMENTS_FILE = "test_segments.npz"
@@ -134,15 +135,23 @@ def evidence_from_version(client, name: str, version: str, task: str = "ranking"
 
 
 def resolve_version(client, name: str, ref: str) -> str | None:
-    """'7', 'v7' or an alias -> the version number; None when an alias is not set."""
-    from mlflow.exceptions import MlflowException
+    """'7', 'v7' or an alias -> the version number; None when an alias is not set.
 
+    Only MLflow's "not found" means unset: an outage or a refused request is raised as
+    such, so an operator is never told "no alias" while the registry is down.
+    """
     ref = str(ref).removeprefix("v") if str(ref).removeprefix("v").isdigit() else str(ref)
     try:
         if ref.isdigit():
             return client.get_model_version(name, ref).version
         return client.get_model_version_by_alias(name, ref).version
-    except MlflowException:
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds; sorted below
+        uri = getattr(client, "tracking_uri", "?")
+        if not tracking.is_not_found(exc):
+            raise tracking.registry_error(exc, uri, f"reading {name}@{ref}") from exc
+        if "Registered Model with name" in str(getattr(exc, "message", exc)):
+            raise ConfigError(f"no registered model {name!r} in the MLflow registry at {uri}; "
+                              "register one with `hllm register`") from None
         if ref.isdigit():
             raise ConfigError(f"model {name!r} has no version {ref} in the registry") from None
         return None
@@ -305,7 +314,7 @@ def gate(challenger: str, ab_config: str | Path, baseline: str | Path | None = N
     from mlflow.tracking import MlflowClient
 
     cfg = load_ab_config(ab_config)
-    uri = _tracking_uri(tracking_uri)
+    uri = tracking.registry_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     name = cfg.model
@@ -342,7 +351,7 @@ def rollback(ab_config: str | Path, tracking_uri: str | None = None) -> tuple[st
     from mlflow.tracking import MlflowClient
 
     cfg = load_ab_config(ab_config)
-    client = MlflowClient(_tracking_uri(tracking_uri))
+    client = MlflowClient(tracking.registry_uri(tracking_uri))
     name = cfg.model
     previous = resolve_version(client, name, PREVIOUS)
     current = resolve_version(client, name, CHAMPION)
@@ -358,15 +367,6 @@ def rollback(ab_config: str | Path, tracking_uri: str | None = None) -> tuple[st
 
 
 # ---------------------------------------------------------------- helpers
-
-def _tracking_uri(explicit: str | None) -> str:
-    from hllm.tracking import resolve_uri
-
-    uri = resolve_uri(explicit)
-    if not uri:
-        raise ConfigError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
-    return uri
-
 
 def _baseline(client, baseline: str | Path | None, task: str = "ranking") -> Evidence | None:
     """A run directory, or `models:/NAME/VERSION` / `models:/NAME@ALIAS` in the registry."""

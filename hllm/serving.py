@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hllm import tracking
 from hllm.assignment import Assignment, assign
 from hllm.errors import ConfigError, DataError
 from hllm.experiment import load_ab_config
@@ -97,5 +98,7 @@ def recommend(user: str, ab_config: str | Path, k: int = 10, feature_repo: str |
                         f"{feature_repo or data}; nothing to personalise from")
     arm = assign(cfg, str(user), ramp_percent)
     uri = cfg.arm_ref(arm.serve).uri(cfg.model)
+    if uri.startswith("models:/") and tracking.resolve_uri():
+        tracking.registry_uri()  # a dead registry: one line in seconds, not minutes of retries
     ids, scores = top_k(load_model(uri), history, k)
     return Recommendation(str(user), arm, uri, history, ids, scores, time.perf_counter() - t0)

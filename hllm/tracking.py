@@ -55,6 +55,39 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
                             "fix --tracking-uri / MLFLOW_TRACKING_URI, or unset it") from exc
 
 
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s per request) make a registry
+# read against a dead server take minutes. The registry commands ops run during an
+# incident (gate, rollback, recommend) answer in seconds instead; the environment wins.
+REGISTRY_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                          "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                          "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def registry_uri(explicit: str | None = None) -> str:
+    """The tracking URI a registry command talks to, checked to answer, retries bounded."""
+    uri = resolve_uri(explicit)
+    if not uri:
+        raise ConfigError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    for key, value in REGISTRY_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    check_server(uri)
+    return uri
+
+
+def registry_error(exc: Exception, uri: str, what: str) -> TrackingError:
+    """A registry failure that is not "not found", with the URI and MLflow's first line."""
+    message = getattr(exc, "message", None) or str(exc)
+    return TrackingError(f"MLflow registry at {uri}: {what} failed: "
+                         f"{message.strip().splitlines()[0][:300] if message.strip() else type(exc).__name__}")
+
+
+def is_not_found(exc: Exception) -> bool:
+    """True for MLflow's "no such model / version / alias" answers, False for outages."""
+    code = str(getattr(exc, "error_code", ""))
+    message = str(getattr(exc, "message", exc))
+    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and "not found" in message
+
+
 def metric_name(name: str) -> str:
     return name.replace("@", "_at_")
 

@@ -159,6 +159,10 @@ def test_a_pinned_version_that_does_not_exist_is_named(registry, tmp_path):
 
 def test_rollback_without_a_previous_champion_is_refused(registry):
     client, model, ab = registry
+    # Before any registration: the real cause, not "no alias".
+    with pytest.raises(ConfigError, match=f"no registered model '{model}' in the MLflow registry"):
+        rollback(ab)
+    client.create_registered_model(model)
     with pytest.raises(ConfigError, match="nothing to roll back to"):
         rollback(ab)
 
