@@ -92,6 +92,19 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share(text: str) -> float:
+    """A share as 0.9 or 90%; a bare 90 is refused rather than read as 9000%."""
+    percent = text.strip().endswith("%")
+    try:
+        value = float(text.strip().rstrip("%")) / (100 if percent else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a share such as 0.9 or 90%, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a share in (0, 1] such as 0.9, or a percentage such "
+                                         f"as 90%, got {text!r}")
+    return value
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from hllm.validation import ValidationConfig, validate_dataset
 
@@ -272,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
     p.add_argument("--out", required=True, help="directory for validation.json and validation.html")
     p.add_argument("--min-user-interactions", type=int, default=3)
-    p.add_argument("--text-coverage", type=float, default=0.9,
-                   help="minimum share of items with a non-empty value in each text field")
+    p.add_argument("--text-coverage", type=_share, default=0.9,
+                   help="minimum share of items with a non-empty value in each text field: "
+                        "0.9 or 90%% (default 0.9)")
     p.add_argument("--scenarios", default="", help="comma-separated declared scenario names")
     p.set_defaults(func=cmd_validate)
 

@@ -22,6 +22,9 @@ import yaml
 from hllm.errors import ConfigError
 
 ARMS = ("control", "treatment", "holdout")
+# The registry aliases the platform moves (`hllm register` sets challenger, `hllm gate`
+# champion and previous-champion); an arm naming any other would never resolve.
+ALIASES = ("champion", "challenger", "previous-champion")
 
 
 @dataclass(frozen=True)
@@ -118,14 +121,39 @@ class ABConfig:
         return self.treatment if arm == "treatment" else self.control
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses duplicate keys and leaves dates as text.
+
+    PyYAML keeps the last of two equal keys (one rule silently replaces another) and
+    builds dates itself, failing on 2026-02-30 with a bare ValueError; here `_date`
+    checks them and names the field.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def load_ab_config(path: str | Path) -> ABConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such A/B config")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of experiment fields")
     return parse_ab_config(raw, source=str(path))
@@ -213,6 +241,8 @@ def check_layer(config: ABConfig, others: list[ABConfig]) -> None:
 
 
 def load_layer_peers(directory: str | Path, exclude: str | Path | None = None) -> list[ABConfig]:
+    if not Path(directory).is_dir():
+        raise ConfigError(f"--others {directory}: no such directory of A/B configs")
     skip = Path(exclude).resolve() if exclude else None
     return [load_ab_config(p) for p in sorted(Path(directory).glob("*.yaml"))
             if p.resolve() != skip]
@@ -258,7 +288,12 @@ def _model_ref(key: str, value: Any, errors: list[str]) -> ModelRef | None:
             errors.append(f"{key}.version: a positive integer, got {v!r}")
             return None
         return ModelRef(version=v)
-    return ModelRef(alias=str(value["alias"]))
+    alias = str(value["alias"])
+    if alias not in ALIASES:
+        errors.append(f"{key}.alias: {alias!r} is not an alias the platform sets "
+                      f"(known: {', '.join(ALIASES)}); pin a version with version: N instead")
+        return None
+    return ModelRef(alias=alias)
 
 
 def _allocation(value: Any, errors: list[str]) -> dict[str, float]:

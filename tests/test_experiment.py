@@ -37,6 +37,8 @@ def test_the_shipped_example_is_valid():
      "does not increase"),
     (lambda c: c.update(end="2026-11-30"), "end", "is not after start 2026-12-01"),
     (lambda c: c.update(treatment={"version": 0}), "treatment.version", "a positive integer"),
+    (lambda c: c.update(treatment={"alias": "challanger"}), "treatment.alias",
+     "'challanger' is not an alias the platform sets (known: champion, challenger"),
     (lambda c: c["bucketing"].update(salt=""), "bucketing.salt", "required"),
     (lambda c: c.update(colour="blue"), "colour", "unknown field"),
     (lambda c: c["gate"].update(min_uplift={"recall@10": 0.01}), "gate.min_uplift",
@@ -59,6 +61,45 @@ def test_bad_configs_name_the_field(edit, field, words):
     message = str(info.value)
     assert message.startswith("exp.yaml: invalid A/B config")
     assert f"  - {field}: " in message and words in message, message
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hllm.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("invalid date", "start: an ISO date (YYYY-MM-DD), got '2026-02-30'"),
+    ("duplicate key", "duplicate key 'allocation' (first on line"),
+    ("missing --others", "--others"),
+])
+def test_ab_validate_names_the_problem_in_one_line(tmp_path, case, words):
+    text = EXAMPLE.read_text()
+    args = []
+    if case == "invalid date":
+        text = text.replace("start: 2026-12-01", "start: 2026-02-30")
+    elif case == "duplicate key":
+        text += "\nallocation: {control: 50, treatment: 50, holdout: 0}\n"
+    else:
+        args = ["--others", str(tmp_path / "no-such-dir")]
+    (tmp_path / "exp.yaml").write_text(text)
+    assert text != EXAMPLE.read_text() or args
+    done = _cli("ab", "validate", str(tmp_path / "exp.yaml"), *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-1500:]
+    assert words in done.stderr and "valid (" not in done.stdout
+
+
+def test_validate_refuses_a_file_as_out_and_reads_percent_coverage(tmp_path):
+    data = ROOT.parent / "shared" / "data" / "ml-100k"
+    (tmp_path / "taken").write_text("not a directory")
+    done = _cli("validate", "--data", str(data), "--out", str(tmp_path / "taken"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-1500:]
+    assert "a file, not a directory" in done.stderr
+    assert (tmp_path / "taken").read_text() == "not a directory"
+    done = _cli("validate", "--data", str(data), "--out", str(tmp_path / "v"),
+                "--text-coverage", "90")
+    assert done.returncode == 2 and "0.9, or a percentage such as 90%, got '90'" in done.stderr
+    assert not (tmp_path / "v").exists()
 
 
 def test_every_problem_is_reported_at_once():
