@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -61,12 +62,23 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def data_version(data: str) -> str:
-    """Content hash of the data plus the code version: the cache key of the first steps."""
+def data_version(data: str, config_file: str = "") -> str:
+    """Content hash of the data and of the config file, plus the code version.
+
+    kfp.local keys its cache on parameter values: the config file's path alone would let
+    an edited YAML reuse the models trained under the old one.
+    """
+    from hllm.errors import ConfigError
     from hllm.lineage import data_sha256
     from hllm.tracking import code_version
 
-    return f"{data_sha256(data)}+{code_version()}"
+    key = f"{data_sha256(data)}+{code_version()}"
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"{config_file}: no such config file")
+        key += f"+config-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    return key
 
 
 def _find_summary(pipeline_root: Path) -> Path | None:
@@ -136,7 +148,7 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
             local.init(runner=local.SubprocessRunner(use_venv=False),
                        pipeline_root=str(pipeline_root), raise_on_error=False,
                        enable_caching=caching, cache_root=str(runs / CACHE_DIR))
-            args = dict(data=data, data_version=data_version(data), preset=preset,
+            args = dict(data=data, data_version=data_version(data, config_file), preset=preset,
                         config_file=config_file, ab_config=str(Path(ab_config).resolve()),
                         registered_name=registered_name, tracking_uri=uri,
                         max_history=max_history, pipeline_run_id=run_id,

@@ -128,7 +128,9 @@ def test_cli_compile(tmp_path, capsys):
 
     out = tmp_path / "p.yaml"
     assert main(["pipeline", "compile", "--out", str(out)]) == 0
-    assert yaml.safe_load_all(out.read_text())
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+    assert docs[0]["pipelineInfo"]["name"] == "hllm-training"
+    assert {"comp-train-hllm", "comp-train-sasrec", "comp-gate-model"} <= set(docs[0]["components"])
 
 
 # ---------------------------------------------------------------- report (hand-made run)
@@ -193,6 +195,21 @@ def test_report_from_hand_made_run(tmp_path):
 
 # ---------------------------------------------------------------- embedded services
 
+def test_cache_key_follows_the_config_files_content_not_its_path(tmp_path, toy_data):
+    from hllm.errors import ConfigError
+    from pipelines.local_run import data_version
+
+    config = tmp_path / "exp.yaml"
+    config.write_text("base: cpu-tiny\ntrain:\n  epochs: 2\n")
+    first = data_version(str(toy_data), str(config))
+    assert data_version(str(toy_data), str(config)) == first
+    config.write_text("base: cpu-tiny\ntrain:\n  epochs: 3\n")  # edited in place
+    assert data_version(str(toy_data), str(config)) != first
+    assert data_version(str(toy_data)) not in (first, data_version(str(toy_data), str(config)))
+    with pytest.raises(ConfigError, match="missing.yaml: no such config file"):
+        data_version(str(toy_data), str(tmp_path / "missing.yaml"))
+
+
 def test_embedded_services_start_and_stop(tmp_path):
     from hllm.services import embedded_services
 
@@ -243,7 +260,11 @@ def test_local_run_end_to_end_then_cached(toy_data, tmp_path, mlflow_env, regist
         assert set(s["models"][model]["metrics"]) >= {"recall@10", "recall@50", "recall@200"}
     assert s["registry"]["model_name"] == name and s["registry"]["version"] == "1"
     assert s["onnx"]["max_abs_diff"] < 1e-3
-    assert s["gate"]["decision"] in ("promoted", "refused")
+    # The decision follows from the checks: promoted exactly when every check passed,
+    # and each failed check is a stated reason.
+    checks = s["gate"]["checks"]
+    assert s["gate"]["decision"] == ("promoted" if all(c["passed"] for c in checks) else "refused")
+    assert s["gate"]["reasons"] == [c["detail"] for c in checks if not c["passed"]]
     segments = s["models"]["hllm"]["segments"]
     assert set(segments) == {"warm", "long_tail", "cold"}
     assert segments["warm"]["users"] + segments["cold"]["users"] == 40  # every toy user
