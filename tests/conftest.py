@@ -59,6 +59,16 @@ def toy_data(tmp_path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that pins torch's thread count (process-wide) does not slow every later test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_item_cache(tmp_path, monkeypatch):
     """Item-embedding caches go to a temp dir; the converted SmolLM2 stays shared."""
     models = Path(os.environ.get("HLLM_CACHE", Path.home() / ".cache" / "hllm")) / "models"

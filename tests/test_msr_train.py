@@ -14,6 +14,7 @@ from hllm.msr.data import MSRRows, encode, time_split
 from hllm.msr.train import build_model, compare, run_variant, train_msr
 
 SCEN = ["family", "action", "thriller"]
+THREADS_AT_IMPORT = torch.get_num_threads()  # before any test has run
 
 
 def synthetic_rows(n_users: int = 30, per_user: int = 60, seed: int = 0) -> MSRRows:
@@ -49,7 +50,7 @@ def _cfg(backbone: str = "star"):
 
 @pytest.mark.parametrize("backbone", ["star", "mmoe", "shared-bottom", "ple"])
 def test_backbone_and_llm4msr_learn_user_scenario_preferences(enc, backbone):
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny models: one thread is faster; conftest restores it after
     # Knowledge that really carries each user's favourite scenario: LLM4MSR can read it.
     users = torch.tensor([int(u) for u in enc.knowledge_users])
     user_k = torch.nn.functional.one_hot(users % 3, 3).float() + 0.01 * torch.randn(len(users), 3)
@@ -121,6 +122,11 @@ def test_yaml_config_overrides_the_preset(tmp_path):
 
     with pytest.raises(ConfigError, match=r"'train.lrr': unknown key 'lrr'.*\n.*'model.width'"):
         load_msr_config("cpu-tiny", overrides={"train.lrr": 1, "model.width": 3})
+
+
+def test_thread_count_pinned_by_a_test_is_restored_for_the_next():
+    # Runs after the parametrized test above, which pinned one thread.
+    assert torch.get_num_threads() == THREADS_AT_IMPORT
 
 
 def test_training_repeats_bit_for_bit_on_two_threads(enc):

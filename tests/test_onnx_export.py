@@ -178,13 +178,19 @@ def test_run_without_item_llm_weights_is_rejected(tmp_path):
 @pytest.fixture(scope="module")
 def smollm2_ml100k(tmp_path_factory):
     """cpu-default Item LLM (pretrained SmolLM2, mean pooling) exported once, and one
-    PyTorch pass over every ml-100k item (the production encode_all path)."""
+    PyTorch pass over a sample of ml-100k items (the production encode_all path)."""
     from hllm.train import load_split
 
     cfg = cpu_default()
     split = load_split(str(ML100K), cfg)
     model = ItemLLM(cfg.item_llm).eval()
-    tokens = model.tokenize(split.item_text[1:])  # index 0 is the padding item
+    every = model.tokenize(split.item_text[1:])  # index 0 is the padding item
+    assert len(every) == 1682
+    # A quarter of the catalogue (every 4th item) plus the 16 longest texts: the
+    # lengths and shapes of all of it, at a quarter of the cost of two full passes.
+    longest = sorted(range(len(every)), key=lambda i: -len(every[i]))[:16]
+    sample = sorted(set(range(0, len(every), 4)) | set(longest))
+    tokens = [every[i] for i in sample]
     out = tmp_path_factory.mktemp("smollm2-onnx")
     manifest = export_item_llm_model(model, out, ["fp32", "int8", "int8-mlp"])
     reference = model.encode_all(tokens, device=torch.device("cpu"), progress=False).numpy()
@@ -192,9 +198,9 @@ def smollm2_ml100k(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_smollm2_fp32_parity_on_every_ml100k_item(smollm2_ml100k):
+def test_smollm2_fp32_parity_on_ml100k_items(smollm2_ml100k):
     model, tokens, out, manifest, reference = smollm2_ml100k
-    assert len(tokens) == 1682 and manifest["pooling"] == "mean"
+    assert len(tokens) > 420 and manifest["pooling"] == "mean"
     assert (out / "tokenizer" / "tokenizer.json").is_file()
     sess = session(out / "item_llm.onnx", device="cpu")
     got = onnx_embed(sess, tokens, batch_size=32, pad_id=model.tokenizer.pad_id)
@@ -207,11 +213,9 @@ def test_smollm2_fp32_parity_on_every_ml100k_item(smollm2_ml100k):
 def test_smollm2_int8_runs_and_stays_close(smollm2_ml100k):
     model, tokens, out, manifest, reference = smollm2_ml100k
     sess = session(out / "item_llm.int8.onnx", device="cpu")
-    idx = list(range(0, len(tokens), 4))  # a quarter of the items keeps this test short
-    got = onnx_embed(sess, [tokens[i] for i in idx], batch_size=32,
-                     pad_id=model.tokenizer.pad_id)
+    got = onnx_embed(sess, tokens, batch_size=32, pad_id=model.tokenizer.pad_id)
     assert np.isfinite(got).all()
-    cos = standardized_cosine(got, reference[idx], reference)
+    cos = standardized_cosine(got, reference, reference)
     print(f"int8 vs PyTorch, standardized cosine: mean {cos.mean():.4f} min {cos.min():.4f}")
     # Measured on these items: mean 0.990, min 0.977. Quantizing activations per tensor
     # (quantize_dynamic) gave a mean of 0.47 on a sample, which this threshold rejects.
@@ -225,9 +229,8 @@ def test_smollm2_int8_mlp_stays_close(smollm2_ml100k):
     ops = {n.op_type for n in __import__("onnx").load(str(out / "item_llm.int8-mlp.onnx"),
                                                       load_external_data=False).graph.node}
     assert "MatMulInteger" in ops and "MatMul" in ops  # MLP inputs int8, the rest fp32
-    idx = list(range(0, len(tokens), 4))
-    got = onnx_embed(sess, [tokens[i] for i in idx], batch_size=32, pad_id=model.tokenizer.pad_id)
-    cos = standardized_cosine(got, reference[idx], reference)
+    got = onnx_embed(sess, tokens, batch_size=32, pad_id=model.tokenizer.pad_id)
+    cos = standardized_cosine(got, reference, reference)
     print(f"int8-mlp vs PyTorch, standardized cosine: mean {cos.mean():.4f} min {cos.min():.4f}")
     # Measured on a 256-item sample: mean 0.969, min 0.926 when this test was written; on
     # a quarter of the items with onnxruntime-gpu 1.31.1 / onnx 1.23.2 (a fresh install on

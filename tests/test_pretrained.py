@@ -37,3 +37,29 @@ def test_smollm2_item_embeddings_packed_equal_padded():
         packed64 = model(model.make_batch(tokens, packed=True))
         padded64 = model(model.make_batch(tokens, packed=False))
     assert (packed64 - padded64).abs().max().item() <= 1e-10
+
+
+def test_conversion_runs_from_an_empty_cache_and_matches_the_shared_one(tmp_path, monkeypatch):
+    """The GGUF -> HF path itself, whatever this machine converted before (the shared
+    model cache otherwise hides it on every machine after the first)."""
+    import hashlib
+    import json
+
+    from hllm.config import SMOLLM2
+    from hllm.models.pretrained import resolve_model_dir
+
+    shared = resolve_model_dir(SMOLLM2).resolve()  # conftest links the shared models dir
+    monkeypatch.setenv("HLLM_CACHE", str(tmp_path / "empty-cache"))
+    fresh = resolve_model_dir(SMOLLM2)
+    assert fresh.is_relative_to(tmp_path) and not shared.is_relative_to(tmp_path)
+
+    def digest(path):
+        if path.name == "tokenizer_config.json":  # records how it was loaded; not the model
+            config = json.loads(path.read_text())
+            config.pop("local_files_only", None)
+            return config
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert sorted(p.name for p in fresh.iterdir()) == sorted(p.name for p in shared.iterdir())
+    for path in sorted(shared.iterdir()):
+        assert digest(fresh / path.name) == digest(path), path.name

@@ -45,31 +45,70 @@ def served(tmp_path_factory, mlflow_server_url, s3_endpoint):
     hllm("register", "--run", str(run), "--name", model, "--no-onnx")
     gated = hllm("gate", "--challenger", "challenger", "--ab-config", str(ab))
     assert "promoted" in gated.stdout
-    hllm("register", "--run", str(run), "--name", model, "--no-onnx")
+    # The challenger is another model (another seed): each arm's answer can be told apart.
+    run2 = base / "run2"
+    hllm("train", "--preset", "cpu-tiny", "--data", str(data), "--out", str(run2),
+         "--set", "train.epochs=1", "--set", "train.seed=7")
+    hllm("register", "--run", str(run2), "--name", model, "--no-onnx")
     hllm("features", "build", "--data", str(data), "--run", str(base / "features"))
     return {"data": data, "ab": ab, "env": env, "features": base / "features", "hllm": hllm,
             "model": model, "uri": mlflow_server_url}
 
 
+FRESH_PROCESS = """
+import json, sys
+from hllm.serving import load_model, top_k
+name, requests = sys.argv[1], json.loads(sys.argv[2])
+print(json.dumps({user: top_k(load_model(f"models:/{name}/{version}"), history, 5)
+                  for user, (version, history) in requests.items()}))
+"""
+
+
 def test_users_are_routed_by_arm_and_ranked_from_online_history(served, monkeypatch):
     for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", *S3_TEST_CREDENTIALS):
         monkeypatch.setenv(key, served["env"][key])
-    from hllm.serving import DatasetHistory, load_model, recommend, top_k
+    from hllm.serving import DatasetHistory, recommend
 
     from_data = DatasetHistory(str(served["data"]))
-    arms = set()
-    for user in ("1", "2", "3", "4", "5", "6", "7", "8"):
+    answers, requests = {}, {}
+    for user in [str(u) for u in range(1, 21)]:
         rec = recommend(user, served["ab"], k=5, feature_repo=served["features"])
-        arms.add(rec.assignment.serve)
-        expected_uri = f"models:/{served['model']}@" + (
-            "challenger" if rec.assignment.serve == "treatment" else "champion")
+        arm = rec.assignment.serve
+        expected_uri = f"models:/{served['model']}@" + ("challenger" if arm == "treatment"
+                                                         else "champion")
         assert rec.model_uri == expected_uri
         assert rec.history == from_data(user)[-50:]  # the online store holds the latest history
         assert len(rec.item_ids) == 5 and not set(rec.item_ids) & set(rec.history)
         assert rec.scores == sorted(rec.scores, reverse=True)
-        # Same answer as asking the registered pyfunc directly.
-        assert (rec.item_ids, pytest.approx(rec.scores)) == top_k(load_model(rec.model_uri), rec.history, 5)
-    assert arms == {"control", "treatment"}
+        if rec.assignment.arm == "holdout":
+            assert arm == "control"  # held-out users see the champion
+        answers[user] = (rec.item_ids, rec.scores)
+        requests[user] = ("2" if arm == "treatment" else "1", rec.history)
+    assert {v for v, _ in requests.values()} == {"1", "2"}
+    # Each arm answers as its own registered version does, loaded by a fresh process.
+    fresh = subprocess.run([sys.executable, "-c", FRESH_PROCESS, served["model"],
+                            json.dumps(requests)], capture_output=True, text=True,
+                           env=served["env"], timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    for user, (items, scores) in json.loads(fresh.stdout.splitlines()[-1]).items():
+        assert answers[user][0] == items and answers[user][1] == pytest.approx(scores, abs=1e-5)
+    # ... and the two versions answer differently, so the comparison above can fail.
+    from hllm.serving import load_model, top_k
+
+    some = next(iter(requests.values()))[1]
+    v1 = top_k(load_model(f"models:/{served['model']}/1"), some, 5)
+    v2 = top_k(load_model(f"models:/{served['model']}/2"), some, 5)
+    assert v1 != v2
+
+
+def test_ramp_zero_serves_everyone_the_champion(served, monkeypatch):
+    for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", *S3_TEST_CREDENTIALS):
+        monkeypatch.setenv(key, served["env"][key])
+    from hllm.serving import recommend
+
+    served_arms = {recommend(str(u), served["ab"], k=3, data=str(served["data"]),
+                             ramp_percent=0).model_uri for u in range(1, 41)}
+    assert served_arms == {f"models:/{served['model']}@champion"}
 
 
 def test_cli_prints_json_and_names_unknown_users(served):
