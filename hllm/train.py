@@ -28,6 +28,7 @@ full state dict gathered to rank 0), so evaluation, export and resume read one f
 from __future__ import annotations
 
 import json
+import pickle
 import logging
 import math
 import shutil
@@ -512,7 +513,12 @@ class Trainer:
         swap_dir(tmp, directory)
 
     def _load_checkpoint(self, directory: Path) -> None:
-        extra = torch.load(directory / "trainer.pt", map_location="cpu", weights_only=True)
+        try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
+            extra = torch.load(directory / "trainer.pt", map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ConfigError(f"{directory / 'trainer.pt'}: refused, it holds objects other than "
+                              "tensors and plain values (loading it could run code); resume "
+                              "only from checkpoints hllm train wrote") from exc
         sharded = "optimizer_by_name" in extra
         if sharded != self.fsdp:
             # The optimizer state is keyed by parameter name under FSDP and by position

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -203,6 +204,7 @@ def load_backbone(path: str | None, init: str, arch: dict[str, Any], *,
                   else AutoConfig.for_model(model_type, **fields))
         return AutoModel.from_config(config, attn_implementation=attn_implementation)
     directory = resolve_model_dir(path)
+    refuse_custom_code(directory, trust_remote_code)
     if init == "random":
         config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
         return AutoModel.from_config(config, attn_implementation=attn_implementation,
@@ -210,6 +212,26 @@ def load_backbone(path: str | None, init: str, arch: dict[str, Any], *,
     return AutoModel.from_pretrained(directory, dtype=torch.float32,
                                      attn_implementation=attn_implementation,
                                      trust_remote_code=trust_remote_code)
+
+
+def refuse_custom_code(directory: Path, trust_remote_code: bool = False) -> None:
+    """A model directory that asks for its own Python code (config.json `auto_map`) is refused.
+
+    transformers would quietly ignore the request and load its built-in class instead:
+    a model other than the one its author shipped. Neither is what a reviewer signed off.
+    """
+    config = directory / "config.json"
+    if trust_remote_code or not config.is_file():
+        return
+    try:
+        auto_map = json.loads(config.read_text()).get("auto_map")
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"{config}: not a JSON object ({exc})") from exc
+    if auto_map:
+        raise ConfigError(f"{config}: auto_map asks to run the model's own code "
+                          f"({', '.join(sorted(set(map(str, auto_map.values()))))}); refused, "
+                          "trust_remote_code is off on this platform. Convert the model to a "
+                          "transformers architecture (save_pretrained) first")
 
 
 def enable_checkpointing(model) -> None:
