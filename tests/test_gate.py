@@ -115,6 +115,13 @@ def test_first_model_then_better_challenger_are_promoted_and_rollback_restores(r
 
     assert rollback(ab) == (v2, v1)
     assert aliases(client, model) == {"champion": v1, "challenger": v2}
+    # A second rollback has nothing to go back to, and moves nothing.
+    with pytest.raises(ConfigError, match="nothing to roll back to"):
+        rollback(ab)
+    assert aliases(client, model) == {"champion": v1, "challenger": v2}
+    # Judging the champion itself is refused before anything is logged.
+    with pytest.raises(ConfigError, match=f"version {v1} is already the champion"):
+        gate(v1, ab, baseline=baseline)
 
 
 @pytest.mark.parametrize("case, reason", [
@@ -122,13 +129,21 @@ def test_first_model_then_better_challenger_are_promoted_and_rollback_restores(r
     ("within noise", "lower end must exceed"),
     ("different split", "different split than the champion"),
     ("behind ID baseline", "must be > 0"),
+    ("secondary metric beyond tolerance", "recall@200 diff"),
+    ("no baseline given", "no ID baseline evaluation given"),
+    ("baseline on another split", "ID baseline was evaluated on a different split"),
 ])
 def test_refused_challengers_move_nothing(registry, tmp_path, case, reason):
     client, model, ab = registry
     v1 = add_version(client, tmp_path, model, BASE)
     client.set_registered_model_alias(model, "champion", v1)
-    baseline_ranks = BASE * 2
-    if case == "worse":
+    baseline_ranks, baseline_split = BASE * 2, SPLIT
+    if case == "secondary metric beyond tolerance":
+        # The top of the list improves (the primary passes); the targets at 60+ fall far.
+        ranks = np.where(BASE <= 40, better(BASE), np.where(BASE > 60, BASE * 5, BASE))
+    elif case in ("no baseline given", "baseline on another split"):
+        ranks, baseline_split = better(BASE), "c" * 64
+    elif case == "worse":
         ranks = BASE * 2
     elif case == "within noise":  # a handful of users a little better: no clear uplift
         ranks = BASE.copy()
@@ -139,11 +154,39 @@ def test_refused_challengers_move_nothing(registry, tmp_path, case, reason):
         ranks, baseline_ranks = better(BASE), better(better(BASE))
     v2 = add_version(client, tmp_path, model, ranks, split="b" * 64 if case == "different split" else SPLIT)
     before = aliases(client, model)
-    result = gate(v2, ab, baseline=evaluation_dir(tmp_path, baseline_ranks))
+    baseline = (None if case == "no baseline given"
+                else evaluation_dir(tmp_path, baseline_ranks, baseline_split))
+    result = gate(v2, ab, baseline=baseline)
     assert result.decision == "refused"
     assert any(reason in r for r in result.reasons), result.reasons
+    if case == "secondary metric beyond tolerance":
+        assert next(c for c in result.checks if c.name == "uplift ndcg@10").passed
     assert aliases(client, model) == before == {"champion": v1, "challenger": v2}
     assert client.get_model_version(model, v2).tags["gate.decision"] == "refused"
+
+
+def test_first_model_below_its_floor_is_refused_and_the_cli_exit_code_says_so(
+        registry, tmp_path, mlflow_env):
+    import os
+    import subprocess
+    import sys
+
+    client, model, ab = registry
+    v1 = add_version(client, tmp_path, model, np.minimum(BASE * 50, ITEMS))  # far down the list
+    baseline = evaluation_dir(tmp_path, np.minimum(BASE * 60, ITEMS))
+
+    def cli(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hllm.cli", "gate", "--challenger", v1,
+                               "--ab-config", str(ab), "--baseline", str(baseline), *extra],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_env})
+
+    refused = cli()
+    assert refused.returncode == 1, refused.stderr[-1500:]
+    assert "FAIL  absolute ndcg@10: first model" in refused.stdout
+    assert f"refused: {model} version {v1} (nothing moved)" in refused.stdout
+    assert cli("--refusal-ok").returncode == 0
+    assert aliases(client, model) == {"challenger": v1}
 
 
 def test_a_pinned_version_that_does_not_exist_is_named(registry, tmp_path):
