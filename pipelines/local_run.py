@@ -17,15 +17,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import sys
+import threading
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
+
+from hllm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AB_CONFIG = ROOT / "configs" / "ab" / "hllm-rollout.yaml"
@@ -68,7 +72,6 @@ def data_version(data: str, config_file: str = "") -> str:
     kfp.local keys its cache on parameter values: the config file's path alone would let
     an edited YAML reuse the models trained under the old one.
     """
-    from hllm.errors import ConfigError
     from hllm.lineage import data_sha256
     from hllm.tracking import code_version
 
@@ -110,7 +113,7 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
     """Run a training pipeline (hllm or llm4msr) locally end to end; returns the run and its summary."""
     from kfp import local
 
-    from hllm.errors import ConfigError, HLLMError
+    from hllm.errors import HLLMError
     from hllm.services import embedded_services
     from pipelines.platform import Platform
 
@@ -130,10 +133,9 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
     t0 = time.perf_counter()
     data = str(Path(data).resolve())
     runs = Path(runs_dir).resolve()
-    run_id = run_id or f"{Path(data).name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = runs / run_id
+    run_id, run_dir = new_run_dir(runs, run_id, Path(data).name)
     pipeline_root = run_dir / "kfp"
-    pipeline_root.mkdir(parents=True, exist_ok=True)
+    pipeline_root.mkdir()
     # Retries stay on (an MLflow hiccup is as transient here), with a short backoff.
     platform = platform or replace(Platform.from_env(), retries=1, retry_backoff="2s")
     services = (nullcontext(None) if tracking_uri
@@ -169,11 +171,41 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
         summary = write_report(run_dir, run_dir, steps=steps, pipeline_run_id=run_id)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)  # services and kfp.local included
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    latest = runs / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(run_id)
+    point_latest(runs, run_id)
     return LocalRun(run_id, run_dir, summary)
+
+
+def new_run_dir(runs: Path, run_id: str | None, data_name: str) -> tuple[str, Path]:
+    """Create this run's own directory: two runs never share one, even within a second.
+
+    A generated id (`<dataset>-<timestamp>`) gains -2, -3, ... when another run made it
+    first; an id given by the caller must be new.
+    """
+    runs.mkdir(parents=True, exist_ok=True)
+    if run_id:
+        try:
+            (runs / run_id).mkdir()
+        except FileExistsError:
+            raise ConfigError(f"{runs / run_id}: run id {run_id!r} is taken; choose another "
+                              "--run-id or leave it out") from None
+        return run_id, runs / run_id
+    base = f"{data_name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    for n in itertools.count(1):
+        candidate = base if n == 1 else f"{base}-{n}"
+        try:
+            (runs / candidate).mkdir()
+        except FileExistsError:
+            continue
+        return candidate, runs / candidate
+    raise AssertionError("unreachable")
+
+
+def point_latest(runs: Path, run_id: str) -> None:
+    """runs/latest -> run_id, replaced in one rename: readers never see it missing."""
+    staged = runs / f".latest-{os.getpid()}-{threading.get_ident()}"
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(run_id)
+    os.replace(staged, runs / "latest")
 
 
 def describe(run: LocalRun) -> str:

@@ -210,6 +210,43 @@ def test_cache_key_follows_the_config_files_content_not_its_path(tmp_path, toy_d
         data_version(str(toy_data), str(tmp_path / "missing.yaml"))
 
 
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
+    import threading
+
+    from hllm.errors import ConfigError
+    from pipelines.local_run import new_run_dir, point_latest
+
+    runs = tmp_path / "runs"
+    made: list[tuple[str, Path]] = []
+    threads = [threading.Thread(target=lambda: made.append(new_run_dir(runs, None, "ml-100k")))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [run_id for run_id, _ in made]
+    assert len(set(ids)) == 8 and all(d.is_dir() and d.name == i for i, d in made)
+    with pytest.raises(ConfigError, match="run id 'fixed' is taken"):
+        new_run_dir(runs, "fixed", "x") and new_run_dir(runs, "fixed", "x")
+    # runs/latest is swapped in one rename: concurrent finishers never see it missing.
+    errors: list[BaseException] = []
+
+    def finish(run_id: str) -> None:
+        try:
+            for _ in range(50):
+                point_latest(runs, run_id)
+                assert (runs / "latest").is_symlink()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=finish, args=(i,)) for i in ids[:4]]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert not errors and (runs / "latest").resolve().name in ids[:4]
+
+
 def test_embedded_services_start_and_stop(tmp_path):
     from hllm.services import embedded_services
 
