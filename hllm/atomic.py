@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from hllm.errors import BusyError
 
 
 def swap_dir(staged: Path, final: Path) -> None:
@@ -32,3 +38,29 @@ def recover_dir(final: Path) -> bool:
         return False
     old.rename(final)
     return True
+
+
+@contextmanager
+def exclusive(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` for the block, or fail at once naming the holder.
+
+    flock is released by the kernel when the holder dies, so a crashed run never leaves
+    a stale lock behind; the file itself (holding the pid) stays.
+    """
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise BusyError(f"{lock_file.parent}: another {what} is running there ({holder}); "
+                            "wait for it to finish or use another directory") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

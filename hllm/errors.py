@@ -11,3 +11,7 @@ class DataError(HLLMError):
 
 class ConfigError(HLLMError):
     """A preset, YAML file or --set override is invalid (names every bad key at once)."""
+
+
+class BusyError(HLLMError):
+    """Another process holds the directory this command would write (names it, and its pid)."""

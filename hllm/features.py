@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hllm.atomic import swap_dir
+from hllm.atomic import exclusive, swap_dir
 from hllm.data.item_text import item_prompt
 from hllm.data.readers import RawData, read_dataset, read_item_table
 from hllm.data.split import time_ordered
@@ -187,22 +187,25 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     staged = run_dir / ".feature_repo.staged"
-    shutil.rmtree(staged, ignore_errors=True)
-    try:
-        counts = _write_repo(raw, staged, max_history, embeddings, embedding_ids)
-        manifest = {"data": str(data), "files": raw.files, "max_history": max_history,
-                    "embedding": {"preset": embed_preset} if embed_preset else None,
-                    "embedding_dim": int(embeddings.shape[1]) if embeddings is not None else 0,
-                    "counts": counts}
-        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        final = run_dir / "feature_repo"
-        swap_dir(staged, final)
-    except BaseException:
-        if created:  # a run directory made only for this build is not left behind empty
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
+    # Two builds into one run directory would share the staged repo: the second waits for
+    # nothing and fails at once, naming the first.
+    with exclusive(run_dir / ".features.lock", "features build"):
         shutil.rmtree(staged, ignore_errors=True)
+        try:
+            counts = _write_repo(raw, staged, max_history, embeddings, embedding_ids)
+            manifest = {"data": str(data), "files": raw.files, "max_history": max_history,
+                        "embedding": {"preset": embed_preset} if embed_preset else None,
+                        "embedding_dim": int(embeddings.shape[1]) if embeddings is not None else 0,
+                        "counts": counts}
+            (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            final = run_dir / "feature_repo"
+            swap_dir(staged, final)
+        except BaseException:
+            if created:  # a run directory made only for this build is not left behind empty
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
     seconds = time.perf_counter() - t0
     log.info("features built in %.1f s: %s", seconds, counts)
     return FeatureBuild(final, counts, seconds)

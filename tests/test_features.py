@@ -74,7 +74,8 @@ def test_rebuild_on_the_same_data_gives_the_same_state(tmp_path):
     values = online(first.repo)
     second = build(tmp_path)
     assert second.repo == first.repo
-    assert sorted(p.name for p in tmp_path.joinpath("run").iterdir()) == ["feature_repo"]  # no staging left
+    listed = sorted(p.name for p in tmp_path.joinpath("run").iterdir())
+    assert listed == [".features.lock", "feature_repo"]  # no staging left
     for name, frame in tables.items():
         pd.testing.assert_frame_equal(pd.read_parquet(second.repo / "data" / name), frame)
     assert online(second.repo) == values
@@ -92,11 +93,26 @@ def test_failure_part_way_keeps_the_previous_features(tmp_path, monkeypatch):
         build(tmp_path, inter=INTER + [(1, 4, 5, T0 + 400)])
     assert snapshot(first.repo) == before
     assert online(first.repo) == values
-    assert sorted(p.name for p in tmp_path.joinpath("run").iterdir()) == ["feature_repo"]
+    assert sorted(p.name for p in tmp_path.joinpath("run").iterdir()) == [".features.lock",
+                                                                        "feature_repo"]
     # A run directory made only for the failed build is not left behind, empty.
     with pytest.raises(RuntimeError, match="unreachable"):
         build(tmp_path, run="fresh-run")
     assert not (tmp_path / "fresh-run").exists()
+
+
+def test_a_second_build_into_a_busy_run_directory_is_refused(tmp_path):
+    from hllm.atomic import exclusive
+    from hllm.errors import BusyError
+
+    first = build(tmp_path)
+    before = snapshot(first.repo)
+    with exclusive(tmp_path / "run" / ".features.lock", "features build"):  # a build running
+        with pytest.raises(BusyError, match=r"another features build is running there \(pid "):
+            build(tmp_path, inter=INTER + [(1, 4, 5, T0 + 400)])
+    assert snapshot(first.repo) == before
+    build(tmp_path, inter=INTER + [(1, 4, 5, T0 + 400)])  # released: the next build runs
+    assert snapshot(first.repo) != before
 
 
 BAD = {
