@@ -16,6 +16,7 @@ recommend, msr, explain, pipeline).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -398,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# No space left, over quota, or over the file-size limit.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -410,6 +415,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except HLLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        # Writes go to a staged copy swapped in whole, so what was there before stands.
+        print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}; nothing was "
+              "replaced (free space, or write elsewhere, then run the command again)",
+              file=sys.stderr)
         return 2
 
 

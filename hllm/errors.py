@@ -15,3 +15,13 @@ class ConfigError(HLLMError):
 
 class BusyError(HLLMError):
     """Another process holds the directory this command would write (names it, and its pid)."""
+
+
+class SaveError(HLLMError):
+    """Writing results failed part-way (disk full, I/O); says what was kept as it was."""
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for one-line reports of a library's exception."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

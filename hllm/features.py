@@ -32,7 +32,7 @@ from hllm.atomic import exclusive, swap_dir
 from hllm.data.item_text import item_prompt
 from hllm.data.readers import RawData, read_dataset, read_item_table
 from hllm.data.split import time_ordered
-from hllm.errors import ConfigError, DataError
+from hllm.errors import ConfigError, DataError, HLLMError, SaveError, first_line
 from hllm.validation import ValidationConfig, validate_dataset
 
 log = logging.getLogger(__name__)
@@ -200,9 +200,12 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
             (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             final = run_dir / "feature_repo"
             swap_dir(staged, final)
-        except BaseException:
+        except BaseException as exc:
             if created:  # a run directory made only for this build is not left behind empty
                 shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(exc, Exception) and not isinstance(exc, HLLMError):
+                raise SaveError(f"{run_dir}: features not built ({first_line(exc)}); the "
+                                "previous feature_repo/ is unchanged") from exc
             raise
         finally:
             shutil.rmtree(staged, ignore_errors=True)

@@ -54,7 +54,7 @@ from hllm.distributed import (Dist, all_reduce_sum, barrier, full_optimizer_stat
                               full_state_dict, gather_with_grad, init_distributed, is_fsdp,
                               load_full_optimizer_state_dict, load_full_state_dict, pick_device,
                               shard_model)
-from hllm.errors import ConfigError, DataError
+from hllm.errors import ConfigError, DataError, SaveError, first_line
 from hllm.validation import require_valid
 from hllm.evaluate import metrics_from_ranks, user_ranks
 from hllm.item_cache import load_or_compute_item_cache, load_or_compute_prefix_states
@@ -502,14 +502,20 @@ class Trainer:
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(saved_state_dict(self.model, self.cfg, weights), str(tmp / "model.safetensors"))
-        if with_trainer_state:
-            torch.save({**optimizer,
-                        "scheduler": self.scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                       tmp / "trainer.pt")
-            write_json(tmp / "state.json", self.state.__dict__)
+        try:
+            save_file(saved_state_dict(self.model, self.cfg, weights), str(tmp / "model.safetensors"))
+            if with_trainer_state:
+                torch.save({**optimizer,
+                            "scheduler": self.scheduler.state_dict(),
+                            "torch_rng": torch.get_rng_state(),
+                            "cuda_rng": (torch.cuda.get_rng_state_all()
+                                         if torch.cuda.is_available() else [])},
+                           tmp / "trainer.pt")
+                write_json(tmp / "state.json", self.state.__dict__)
+        except Exception as exc:  # e.g. disk full: the previous DIR stays, no half copy beside it
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SaveError(f"{directory}: not saved ({first_line(exc)}); the previous "
+                            f"{directory.name}/ is unchanged") from exc
         swap_dir(tmp, directory)
 
     def _load_checkpoint(self, directory: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from feast import FeatureStore
 
 from conftest import write_recbole
-from hllm.errors import DataError
+from hllm.errors import DataError, SaveError
 from hllm.features import add_items, build_features, user_histories_as_of
 
 ITEMS = [(i, f"Movie {i}", "Drama") for i in range(1, 6)]
@@ -89,14 +89,15 @@ def test_failure_part_way_keeps_the_previous_features(tmp_path, monkeypatch):
         raise RuntimeError("online store unreachable")
 
     monkeypatch.setattr(FeatureStore, "materialize", broken)
-    with pytest.raises(RuntimeError, match="unreachable"):
+    with pytest.raises(SaveError, match="features not built .RuntimeError: online store "
+                                        "unreachable.; the previous feature_repo/ is unchanged"):
         build(tmp_path, inter=INTER + [(1, 4, 5, T0 + 400)])
     assert snapshot(first.repo) == before
     assert online(first.repo) == values
     assert sorted(p.name for p in tmp_path.joinpath("run").iterdir()) == [".features.lock",
                                                                         "feature_repo"]
     # A run directory made only for the failed build is not left behind, empty.
-    with pytest.raises(RuntimeError, match="unreachable"):
+    with pytest.raises(SaveError, match="unreachable"):
         build(tmp_path, run="fresh-run")
     assert not (tmp_path / "fresh-run").exists()
 
