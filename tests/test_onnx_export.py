@@ -80,22 +80,16 @@ def test_item_token_slot_is_in_the_graph(tmp_path):
     assert np.abs(a - b).max() > 1e-2
 
 
-def test_session_falls_back_to_cpu_when_cuda_cannot_start(tmp_path, monkeypatch, caplog):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: CUDA would start")
+def test_session_falls_back_to_cpu_when_cuda_cannot_start(tmp_path, caplog):
+    """The real path, no mocks: onnxruntime-gpu lists the CUDA provider on this GPU-less
+    machine, asking for it fails to start, and the session runs on CPU with a warning."""
     model = tiny_item_llm()
     export_item_llm_model(model, tmp_path)
-    monkeypatch.setattr(onnx_export, "_gpu_present", lambda: True)
-    real = onnx_export._ort().InferenceSession
-
-    def no_cuda(path, opts=None, providers=None, **kw):
-        if providers and "CUDAExecutionProvider" in providers:
-            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
-        return real(path, opts, providers=providers, **kw)
-
-    monkeypatch.setattr(onnx_export._ort(), "InferenceSession", no_cuda)
-    monkeypatch.setattr(onnx_export._ort(), "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    ort = onnx_export._ort()
+    assert "CUDAExecutionProvider" in ort.get_available_providers()  # onnxruntime-gpu
     with caplog.at_level("WARNING", logger="hllm.onnx_export"):
-        sess = session(tmp_path / "item_llm.onnx", device="auto")
+        sess = session(tmp_path / "item_llm.onnx", device="cuda")
     assert sess.get_providers() == ["CPUExecutionProvider"]
     assert "running on CPU" in caplog.text
     tokens = model.tokenize(random_texts(3))
