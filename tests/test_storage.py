@@ -132,3 +132,52 @@ def test_unreachable_endpoint_fails_after_bounded_retries(tmp_path, monkeypatch)
     with pytest.raises(DataError, match="bucket 'data' key 'x.csv'.*unreachable"):
         storage.download("s3://data/x.csv", tmp_path / "x.csv")
     assert time.monotonic() - t0 < 30
+
+
+def test_transient_503s_are_retried_and_counted(tmp_path, s3_env, monkeypatch):
+    from servers import FaultyProxy
+
+    client = storage.s3_client()
+    client.create_bucket(Bucket="flaky")
+    client.put_object(Bucket="flaky", Key="d/x.bin", Body=b"payload" * 1000)
+    # The first two requests through the proxy get 503 SlowDown; boto3's standard mode
+    # retries (HLLM_S3_MAX_ATTEMPTS=4), so the download succeeds after them.
+    with FaultyProxy(s3_env, lambda method, path, n: n < 2) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("HLLM_S3_MAX_ATTEMPTS", "4")
+        got = storage.download("s3://flaky/d/x.bin", tmp_path / "x.bin")
+    assert got.read_bytes() == b"payload" * 1000
+    assert proxy.failed == 2 and len(proxy.requests) >= 3
+    # More failures than attempts: a named error, no file and no partial file.
+    with FaultyProxy(s3_env, lambda method, path, n: True) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("HLLM_S3_MAX_ATTEMPTS", "3")
+        with pytest.raises(DataError, match="bucket 'flaky' key 'd/x.bin'"):
+            storage.download("s3://flaky/d/x.bin", tmp_path / "y.bin")
+    # Bounded: 3 attempts per call (4 requests were seen: boto3's HEAD and one more probe
+    # of the transfer manager), not retries until a wall-clock timeout.
+    assert proxy.failed == len(proxy.requests) and 3 <= len(proxy.requests) <= 6
+    assert not (tmp_path / "y.bin").exists() and not (tmp_path / "y.bin.part").exists()
+
+
+def test_multipart_upload_cut_midway_leaves_no_object_and_no_open_upload(tmp_path, s3_env,
+                                                                         monkeypatch):
+    from servers import FaultyProxy
+
+    storage.s3_client().create_bucket(Bucket="cut")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(12 * 1024 * 1024))  # three 5 MB parts at a 5 MB threshold
+
+    def cut_after_first_part(method, path, n):  # every part after the first is refused
+        return method == "PUT" and "partNumber=" in path and "partNumber=1&" not in path + "&"
+
+    with FaultyProxy(s3_env, cut_after_first_part) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("HLLM_S3_MAX_ATTEMPTS", "2")
+        with pytest.raises(DataError, match="bucket 'cut' key 'runs/big.bin'"):
+            storage.upload(big, "s3://cut/runs/big.bin", storage.transfer_config(5, 5))
+    assert proxy.failed >= 2
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env)
+    client = storage.s3_client()
+    assert "Contents" not in client.list_objects_v2(Bucket="cut")
+    assert not client.list_multipart_uploads(Bucket="cut").get("Uploads")  # aborted, not left
