@@ -294,21 +294,38 @@ class _Rollback:
         except MlflowException:
             previous = None
         self.client.set_registered_model_alias(name, ALIAS, version)
-        self.steps.append(("alias", (name, previous)))
+        self.steps.append(("alias", (name, previous, str(version))))
+
+    def _alias_now(self, name: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, ALIAS).version)
+        except MlflowException:
+            return None
 
     def undo(self) -> None:
         for kind, what in reversed(self.steps):
             try:
                 if kind == "alias":
-                    name, previous = what
-                    if previous is None:
+                    name, previous, mine = what
+                    if self._alias_now(name) != mine:
+                        # Another register moved it since: theirs stands, not our old value.
+                        log.warning("%s@%s moved since this register set it; left as is",
+                                    name, ALIAS)
+                    elif previous is None:
                         self.client.delete_registered_model_alias(name, ALIAS)
                     else:
                         self.client.set_registered_model_alias(name, ALIAS, previous)
                 elif kind == "version":
                     self.client.delete_model_version(*what)
                 elif kind == "model":
-                    self.client.delete_registered_model(what)
+                    others = self.client.search_model_versions(f"name = '{what}'")
+                    if others:  # a concurrent register added versions: keep the model
+                        log.warning("%s: kept, it holds %d version(s) of another register",
+                                    what, len(others))
+                    else:
+                        self.client.delete_registered_model(what)
             except Exception as exc:  # noqa: BLE001 - keep undoing the rest
                 log.error("rollback step %s %s failed: %s", kind, what, exc)
 

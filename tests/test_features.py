@@ -158,11 +158,14 @@ def test_bad_input_is_named_and_leaves_the_store_unchanged(tmp_path, case):
     assert online(good.repo) == values
 
 
-def test_item_embeddings_come_from_the_item_llm(tmp_path, toy_data):
+def test_item_embeddings_come_from_the_item_llm(tmp_path, toy_data, monkeypatch):
     result = build_features(str(toy_data), tmp_path / "run", embed_preset="cpu-tiny")
     from hllm.features import item_llm_embeddings
 
+    # Recomputed from scratch (an empty cache), not read back from the build's own cache.
+    monkeypatch.setenv("HLLM_CACHE", str(tmp_path / "fresh-cache"))
     ids, vectors = item_llm_embeddings(str(toy_data), "cpu-tiny")
+    assert any((tmp_path / "fresh-cache").rglob("*.safetensors"))  # it did compute
     assert vectors.shape == (len(ids), 32)
     store = FeatureStore(repo_path=str(result.repo))
     got = store.get_online_features(features=["item_embedding:embedding"],

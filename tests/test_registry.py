@@ -264,3 +264,41 @@ def test_feature_view_versions_are_recorded(tracked_run, mlflow_env, tmp_path, m
                                                       result.versions[0].version).tags
     assert tags["feature_views"] == ",".join(f"{n}@{h}" for n, h in sorted(versions.items()))
     assert tags["pipeline_run_id"] == "pipe-7"
+
+
+def test_a_failed_registers_undo_never_moves_a_concurrent_registers_alias(mlflow_env):
+    """Register A creates the model and moves `challenger`; register B (another process,
+    here another client) adds its version and moves `challenger` to it; then A fails and
+    undoes: B's version, alias and the model itself stay."""
+    import uuid
+
+    from mlflow.tracking import MlflowClient
+
+    from hllm.registry import ALIAS, _Rollback
+
+    client, name = MlflowClient(mlflow_env), f"concurrent-{uuid.uuid4().hex[:8]}"
+    exp = client.create_experiment(f"concurrent-{uuid.uuid4().hex[:8]}")
+
+    def version_of(client) -> str:
+        run = client.create_run(exp)
+        return client.create_model_version(name, source=run.info.artifact_uri,
+                                           run_id=run.info.run_id).version
+
+    a = _Rollback(client, "register A")
+    a.ensure_model(name)
+    mine = version_of(client)
+    a.steps.append(("version", (name, mine)))
+    a.set_alias(name, mine)
+    theirs = version_of(MlflowClient(mlflow_env))  # register B, concurrently
+    MlflowClient(mlflow_env).set_registered_model_alias(name, ALIAS, theirs)
+    a.undo()
+    assert client.get_model_version_by_alias(name, ALIAS).version == theirs
+    assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == [theirs]
+    # Alone, a failed register still undoes everything it did.
+    alone = _Rollback(client, "register C")
+    other = f"{name}-alone"
+    alone.ensure_model(other)
+    assert client.get_registered_model(other)
+    alone.undo()
+    with pytest.raises(Exception, match="not found|RESOURCE_DOES_NOT_EXIST"):
+        client.get_registered_model(other)
