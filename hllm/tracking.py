@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import subprocess
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,21 @@ class TrackingError(HLLMError):
 
 
 def resolve_uri(explicit: str | None = None) -> str | None:
-    """--tracking-uri, else MLFLOW_TRACKING_URI; None means tracking is off."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or None
+    """--tracking-uri, else MLFLOW_TRACKING_URI; None means tracking is off.
+
+    A URI carrying a password is refused: it would travel into logs, run configs,
+    pipeline parameters and MLflow tags. MLflow reads credentials from the environment.
+    """
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if uri and "://" in uri:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.password is not None:
+            masked = parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
+                                           + (f":{parts.port}" if parts.port else "")).geturl()
+            raise ConfigError(f"tracking URI {masked}: holds a password; put the credentials in "
+                              "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or a "
+                              "Kubernetes secret) and leave them out of the URI")
+    return uri
 
 
 def experiment_name(explicit: str | None = None) -> str:

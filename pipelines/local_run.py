@@ -131,6 +131,10 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
     registered_name = registered_name or DEFAULTS[pipeline][1]
 
     t0 = time.perf_counter()
+    if tracking_uri:
+        from hllm.tracking import resolve_uri
+
+        resolve_uri(tracking_uri)  # refuses a URI holding a password before anything starts
     data = str(Path(data).resolve())
     runs = Path(runs_dir).resolve()
     run_id, run_dir = new_run_dir(runs, run_id, Path(data).name)

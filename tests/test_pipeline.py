@@ -280,16 +280,52 @@ def _run(data, tmp_path, names, run_id, tracking_uri):
                      onnx_name=onnx_name, max_history=20)
 
 
+def _assert_nowhere(secret: str, runs: Path, client, model: str) -> None:
+    """`secret` in no file of the run (logs, KFP outputs, report), no MLflow param, tag or
+    artifact of the registered versions' runs."""
+    import boto3
+
+    hits = [str(p) for p in runs.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not hits, hits
+    for version in client.search_model_versions(f"name = '{model}'"):
+        data = client.get_run(version.run_id).data
+        assert secret not in json.dumps([data.params, data.tags]), version.version
+        assert secret not in json.dumps(dict(version.tags))
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                      aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+    for obj in s3.list_objects_v2(Bucket="mlflow").get("Contents", []):
+        body = s3.get_object(Bucket="mlflow", Key=obj["Key"])["Body"].read()
+        assert secret.encode() not in body, obj["Key"]
+
+
+def test_a_tracking_uri_holding_a_password_is_refused_without_echoing_it(tmp_path):
+    from hllm.errors import ConfigError
+    from pipelines.local_run import run_local
+
+    with pytest.raises(ConfigError) as info:
+        run_local(tmp_path, runs_dir=tmp_path / "runs",
+                  tracking_uri="http://ops:s3cr3t-canary@127.0.0.1:5000")
+    message = str(info.value)
+    assert "http://ops:***@127.0.0.1:5000" in message and "s3cr3t-canary" not in message
+    assert "MLFLOW_TRACKING_PASSWORD" in message and not (tmp_path / "runs").exists()
+
+
 CACHED_STEPS = ("validate", "features", "train_hllm", "train_sasrec", "evaluate_hllm",
                 "evaluate_sasrec", "export_onnx")
 
 
 @pytest.mark.slow
-def test_local_run_end_to_end_then_cached(toy_data, tmp_path, mlflow_env, registry_names):
+def test_local_run_end_to_end_then_cached(toy_data, tmp_path, mlflow_env, registry_names,
+                                         monkeypatch):
     from mlflow.tracking import MlflowClient
 
     name = registry_names[0]
+    # Secrets the run can see (S3 accepts any key here): none may land in what it leaves.
+    canary = f"canary-{uuid.uuid4().hex}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", canary)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", canary)
     run = _run(toy_data, tmp_path, registry_names, "e2e-1", mlflow_env)
+    _assert_nowhere(canary, tmp_path / "runs", MlflowClient(mlflow_env), name)
 
     s = run.summary
     assert s["status"] == "completed", s
