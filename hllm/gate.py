@@ -23,15 +23,20 @@ import datetime as dt
 import json
 import logging
 import math
+import os
+import socket
 import tempfile
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from hllm import tracking
-from hllm.errors import ConfigError, HLLMError
+from hllm.errors import BusyError, ConfigError, HLLMError
 from hllm.evaluate import paired_bootstrap, per_user_metric
 from hllm.experiment import ALIASES, ABConfig, load_ab_config
 from hllm.segments import load_masks
@@ -324,26 +329,67 @@ def gate(challenger: str, ab_config: str | Path, baseline: str | Path | None = N
         raise ConfigError(f"model {name!r} has no alias {challenger!r}")
     task = cfg.gate.task
     chal = evidence_from_version(client, name, version, task)
-    champ_version = resolve_version(client, name, CHAMPION)
-    if champ_version == version:
-        raise ConfigError(f"{name} version {version} is already the champion")
-    champ = evidence_from_version(client, name, champ_version, task) if champ_version else None
     base = _baseline(client, baseline, task)
-    checks = decide(cfg, chal, champ, base)
-    reasons = [c.detail for c in checks if not c.passed]
-    result = GateDecision("promoted" if not reasons else "refused", name, version, champ_version,
-                          reasons, checks, cfg.name,
-                          dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    result.gate_run_id = _log_decision(client, cfg, result, Path(ab_config))
-    if result.promoted:
-        _promote(client, name, version, champ_version)
-    _tag_version(client, name, version, result)
+    # From reading the champion to moving it, one gate per model at a time: two gates
+    # at once then act as one after the other, each judged against the champion it sees.
+    with registry_lock(client, name):
+        champ_version = resolve_version(client, name, CHAMPION)
+        if champ_version == version:
+            raise ConfigError(f"{name} version {version} is already the champion")
+        champ = evidence_from_version(client, name, champ_version, task) if champ_version else None
+        checks = decide(cfg, chal, champ, base)
+        reasons = [c.detail for c in checks if not c.passed]
+        result = GateDecision("promoted" if not reasons else "refused", name, version,
+                              champ_version, reasons, checks, cfg.name,
+                              dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        result.gate_run_id = _log_decision(client, cfg, result, Path(ab_config))
+        if result.promoted:
+            _promote(client, name, version, champ_version)
+        _tag_version(client, name, version, result)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "gate.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         (Path(out) / "rollout_plan.md").write_text(rollout_plan(cfg, result))
     log.info("gate: %s %s v%s (%s)", result.decision, name, version, "; ".join(reasons) or "all checks passed")
     return result
+
+
+LOCK_TAG = "gate.lock"
+
+
+@contextmanager
+def registry_lock(client, name: str, wait_s: float = 120.0, settle_s: float = 1.0,
+                  stale_s: float = 600.0) -> Iterator[None]:
+    """Hold `name`'s gate lock (a registered-model tag) for the block.
+
+    The registry has no compare-and-set, so: wait until the tag is free (or older than
+    `stale_s`, a crashed holder), write our token, wait `settle_s`, read it back. Of two
+    writers within `settle_s` only the later reads its own token; the other waits again.
+    """
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = client.get_registered_model(name).tags.get(LOCK_TAG, "")
+        held_at = float(holder.rsplit("@", 1)[1]) if "@" in holder else 0.0
+        if holder and time.time() - held_at < stale_s:
+            if time.monotonic() > deadline:
+                raise BusyError(f"model {name!r}: another gate holds the registry lock "
+                                f"({holder.rsplit('@', 1)[0]}) for over {wait_s:.0f} s; if it "
+                                f"crashed, delete the registered-model tag {LOCK_TAG!r}")
+            time.sleep(0.5)
+            continue
+        client.set_registered_model_tag(name, LOCK_TAG, f"{token}@{time.time():.3f}")
+        time.sleep(settle_s)
+        if client.get_registered_model(name).tags.get(LOCK_TAG, "").startswith(token + "@"):
+            break
+    try:
+        yield
+    finally:
+        try:
+            if client.get_registered_model(name).tags.get(LOCK_TAG, "").startswith(token + "@"):
+                client.delete_registered_model_tag(name, LOCK_TAG)
+        except Exception as exc:  # noqa: BLE001 - the lock goes stale after stale_s anyway
+            log.warning("model %s: could not release the gate lock: %s", name, exc)
 
 
 def rollback(ab_config: str | Path, tracking_uri: str | None = None) -> tuple[str, str]:
@@ -354,14 +400,18 @@ def rollback(ab_config: str | Path, tracking_uri: str | None = None) -> tuple[st
     client = MlflowClient(tracking.registry_uri(tracking_uri))
     name = cfg.model
     previous = resolve_version(client, name, PREVIOUS)
-    current = resolve_version(client, name, CHAMPION)
     if previous is None:
         raise ConfigError(f"model {name!r} has no {PREVIOUS!r} alias: nothing to roll back to")
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    client.delete_registered_model_alias(name, PREVIOUS)
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    if current is not None:
-        client.set_model_version_tag(name, current, "gate.rolled_back_at", now)
+    with registry_lock(client, name):  # not in the middle of a gate's promotion
+        previous = resolve_version(client, name, PREVIOUS)
+        current = resolve_version(client, name, CHAMPION)
+        if previous is None:
+            raise ConfigError(f"model {name!r} has no {PREVIOUS!r} alias: nothing to roll back to")
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.delete_registered_model_alias(name, PREVIOUS)
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        if current is not None:
+            client.set_model_version_tag(name, current, "gate.rolled_back_at", now)
     log.info("rollback: %s champion %s -> %s", name, current, previous)
     return str(current), str(previous)
 

@@ -189,6 +189,43 @@ def test_first_model_below_its_floor_is_refused_and_the_cli_exit_code_says_so(
     assert aliases(client, model) == {"challenger": v1}
 
 
+def test_two_gates_at_once_act_one_after_the_other(registry, tmp_path):
+    """Two equally good challengers gated at the same moment: the first promoted is the
+    champion the second is judged against, so exactly one moves it, and the aliases and
+    every version's tags tell the same story."""
+    import threading
+
+    client, model, ab = registry
+    baseline = evaluation_dir(tmp_path, BASE * 2)
+    v1 = add_version(client, tmp_path, model, BASE)
+    client.set_registered_model_alias(model, "champion", v1)
+    v2 = add_version(client, tmp_path, model, better(BASE))
+    v3 = add_version(client, tmp_path, model, better(BASE))
+    results, errors = {}, []
+
+    def run(version: str) -> None:
+        try:
+            results[version] = gate(version, ab, baseline=baseline)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in (v2, v3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    promoted = [v for v, r in results.items() if r.promoted]
+    assert len(promoted) == 1, {v: r.reasons for v, r in results.items()}
+    winner, loser = promoted[0], ({v2, v3} - set(promoted)).pop()
+    assert results[loser].champion == winner  # judged against the new champion
+    assert aliases(client, model) == {"champion": winner, "previous-champion": v1,
+                                      "challenger": v3}
+    tags = {v: client.get_model_version(model, v).tags["gate.decision"] for v in (v2, v3)}
+    assert tags == {winner: "promoted", loser: "refused"}
+    assert "gate.lock" not in client.get_registered_model(model).tags  # released
+
+
 def test_a_pinned_version_that_does_not_exist_is_named(registry, tmp_path):
     client, model, ab = registry
     v1 = add_version(client, tmp_path, model, BASE)
