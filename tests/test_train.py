@@ -150,3 +150,38 @@ def test_bf16_autocast_and_grad_accumulation_run(toy_data, tmp_path):
     assert torch.bfloat16 in seen  # the matmuls ran in bf16, as asked
     assert all(math.isfinite(r["train_loss"]) for r in result["history"])
     assert result["epochs_run"] == 1 and result["best_epoch"] == 1
+
+
+def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(toy_data, tmp_path):
+    """A real process killed with SIGKILL mid-training (after some checkpoint, wherever it
+    was), then `--resume`: the final weights equal those of a run never interrupted."""
+    import signal
+    import time
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "hllm.cli", "train", "--preset", "cpu-tiny", "--model",
+                "sasrec", "--data", str(toy_data), "--out", str(out), "--set", "train.epochs=30",
+                "--set", "train.checkpoint_every=2", *extra]
+
+    full = subprocess.run(cmd(tmp_path / "full"), capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-1500:]
+    part = tmp_path / "part"
+    proc = subprocess.Popen(cmd(part), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = part / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (part / "metrics.json").exists()  # it really died mid-run
+    resumed = subprocess.run(cmd(part, "--resume"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    assert "resumed from" in resumed.stderr
+    a = load_file(str(tmp_path / "full" / "best" / "model.safetensors"))
+    b = load_file(str(part / "best" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
+            == json.loads((part / "metrics.json").read_text())["history"])
