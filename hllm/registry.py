@@ -287,12 +287,7 @@ class _Rollback:
         return version
 
     def set_alias(self, name: str, version: str) -> None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            previous = self.client.get_model_version_by_alias(name, ALIAS).version
-        except MlflowException:
-            previous = None
+        previous = self._alias_now(name)
         self.client.set_registered_model_alias(name, ALIAS, version)
         self.steps.append(("alias", (name, previous, str(version))))
 

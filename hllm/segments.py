@@ -18,6 +18,7 @@ alone, so every model evaluated on one split has the same segments.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,8 +74,6 @@ def segment_metrics(ranks: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str
 
 def save_masks(path, masks: dict[str, np.ndarray]) -> None:
     """Write masks as an .npz (test_segments.npz, beside test_ranks.npy), atomically."""
-    from pathlib import Path
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
