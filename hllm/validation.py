@@ -4,7 +4,8 @@
 
 Suites check the interaction table (ids present, integer timestamps in a plausible
 range, no duplicate (user, item, timestamp) rows, every item known to the item table,
-enough interactions per user, label in {0, 1} and scenario in the declared set when
+enough interactions per user, a label spelled 0/1, 0.0/1.0 or true/false (as training
+reads it, hllm.data.labels) and scenario in the declared set when
 those columns exist) and the item table (unique ids, per-field text coverage, text
 length bounds). The tables are validated as read, before any type coercion, so a
 timestamp written as a date string is reported as such rather than crashing a parser.
@@ -25,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from hllm import storage
+from hllm.data.labels import unreadable_labels
 from hllm.data.readers import locate_tables, read_raw_table
 from hllm.errors import ConfigError, DataError
 
@@ -112,8 +114,9 @@ def _suites(inter: pd.DataFrame, items: pd.DataFrame | None, cfg: ValidationConf
         if f"{col}_spellings" in inter:  # "1" and "1.0": one id to a person, two to the reader
             exp.append(gxe.ExpectColumnValuesToNotMatchRegex(column=f"{col}_spellings",
                                                               regex=r" \| "))
-    if "label" in inter:
-        exp.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=["0", "1", 0, 1]))
+    if "label" in inter:  # label_unreadable: the raw value where parse_labels cannot read it
+        exp.append(gxe.ExpectColumnValuesToNotBeNull(column="label"))
+        exp.append(gxe.ExpectColumnValuesToBeNull(column="label_unreadable"))
     if "scenario" in inter and cfg.scenarios:
         exp.append(gxe.ExpectColumnValuesToBeInSet(column="scenario", value_set=list(cfg.scenarios)))
     out.append(("interactions", inter, exp))
@@ -159,8 +162,8 @@ def _check_from_result(table: str, result: Any, cfg: ValidationConfig) -> Check:
     conf = result.expectation_config
     kwargs = conf.kwargs
     column = kwargs.get("column") or ",".join(kwargs.get("column_list") or [])
-    if column == "timestamp_value":
-        column = "timestamp"
+    if column in ("timestamp_value", "label_unreadable"):  # derived: name the file's column
+        column = column.split("_")[0]
     res = result.result or {}
     detail = ""
     if result.exception_info and result.exception_info.get("raised_exception"):
@@ -215,6 +218,8 @@ def validate_dataset(data: str, out: str | Path | None = None,
     for col in ("user_id", "item_id"):
         if col in inter:
             inter[f"{col}_spellings"] = _spellings(inter[col])
+    if "label" in inter:
+        inter["label_unreadable"] = unreadable_labels(inter["label"])
     checks, rows = run_suites(_suites(inter, items, cfg), cfg)
     report = ValidationReport(all(c.success for c in checks), str(data), files, rows, checks,
                               time.perf_counter() - t0)

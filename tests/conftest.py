@@ -52,6 +52,27 @@ def synthetic_rows(n_users: int = 40, n_items: int = 60, seed: int = 0,
     return inter, items
 
 
+def ml100k_sample(directory: Path, max_user: int) -> Path:
+    """ml-100k restricted to users 1..max_user (every item kept): real data, less compute.
+
+    For tests that check wiring (a pipeline, a CLI), not model quality: 300 users keep
+    all four LLM4MSR scenarios and about a third of the ratings.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in ML100K.iterdir():
+        lines = path.read_text().splitlines()
+        if path.suffix in (".inter", ".user"):
+            lines = lines[:1] + [ln for ln in lines[1:] if int(ln.split("\t", 1)[0]) <= max_user]
+        (directory / path.name).write_text("\n".join(lines) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ml100k_300(tmp_path_factory) -> Path:
+    """`ml100k_sample` with 300 users, written once per session (tests only read it)."""
+    return ml100k_sample(tmp_path_factory.mktemp("ml100k-300") / "ml-100k", 300)
+
+
 @pytest.fixture
 def toy_data(tmp_path) -> Path:
     inter, items = synthetic_rows()

@@ -114,17 +114,16 @@ def test_msr_stats_through_the_cli(tmp_path):
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
 
 
-def test_msr_knowledge_is_pushed_to_the_feature_repo(tmp_path):
+def test_msr_knowledge_is_pushed_to_the_feature_repo(tmp_path, ml100k_300):
     from feast import FeatureStore
 
-    from conftest import ML100K
     from hllm.features import build_features
 
-    repo = build_features(str(ML100K), tmp_path / "run").repo
-    result = hllm("msr", "knowledge", "--data", str(ML100K), "--preset", "cpu-tiny",
+    repo = build_features(str(ml100k_300), tmp_path / "run").repo
+    result = hllm("msr", "knowledge", "--data", str(ml100k_300), "--preset", "cpu-tiny",
                   "--feature-repo", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
-    assert '"user_knowledge": 943' in result.stdout
+    assert '"user_knowledge": 300' in result.stdout
     got = FeatureStore(repo_path=str(repo)).get_online_features(
         features=["user_knowledge:vector", "scenario_knowledge:vector"],
         entity_rows=[{"user_id": "196", "scenario": "family"}], full_feature_names=True).to_dict()
@@ -133,13 +132,11 @@ def test_msr_knowledge_is_pushed_to_the_feature_repo(tmp_path):
         assert len(vector) == 32 and all(v == v for v in vector)  # cpu-tiny LLM width, no NaN
 
 
-def test_msr_train_then_evaluate_from_the_shell(tmp_path):
+def test_msr_train_then_evaluate_from_the_shell(tmp_path, ml100k_300):
     import json
 
-    from conftest import ML100K
-
     run = tmp_path / "star"
-    result = hllm("msr", "train", "--data", str(ML100K), "--preset", "cpu-tiny", "--set",
+    result = hllm("msr", "train", "--data", str(ml100k_300), "--preset", "cpu-tiny", "--set",
                   "train.epochs=1", "--backbone-only", "--out", str(run))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("star ") and "test AUC" in result.stdout
@@ -149,7 +146,7 @@ def test_msr_train_then_evaluate_from_the_shell(tmp_path):
     again = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert again["auc"] == pytest.approx(trained["auc"], abs=1e-6)
     # A bad backbone, and a run directory that is not one, are one-line errors.
-    bad = hllm("msr", "train", "--data", str(ML100K), "--preset", "cpu-tiny", "--backbone", "xgb",
+    bad = hllm("msr", "train", "--data", str(ml100k_300), "--preset", "cpu-tiny", "--backbone", "xgb",
                "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "xgb" in bad.stderr and "Traceback" not in bad.stderr
     missing = hllm("msr", "evaluate", "--run", str(tmp_path))

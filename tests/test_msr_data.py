@@ -69,7 +69,8 @@ def test_bad_labels_and_empty_scenarios_are_reported_together_with_rows():
         check_msr_rows(frame, "t.inter")
     msg = str(err.value)
     assert "column 'scenario' is empty in 1 row(s), first at data row 2" in msg
-    assert "column 'label' must be 0 or 1; 2 row(s) are not, first at data row 3 ('2')" in msg
+    assert ("column 'label' must be 0/1, 0.0/1.0 or true/false; 2 row(s) are not, first at "
+            "data row 3 ('2')") in msg
 
 
 def test_non_numeric_rating_names_the_row(tmp_path):

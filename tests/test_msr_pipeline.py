@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ML100K, ROOT
+from conftest import ROOT
 
 STEPS = ("validate", "features", "knowledge", "train_backbone", "train_llm4msr",
          "evaluate_backbone", "evaluate_llm4msr", "register", "gate")
@@ -69,7 +69,7 @@ def test_cli_compiles_the_msr_pipeline(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_local_run_validates_trains_registers_and_gates(tmp_path, mlflow_env):
+def test_local_run_validates_trains_registers_and_gates(tmp_path, mlflow_env, ml100k_300):
     from mlflow.tracking import MlflowClient
 
     from pipelines.local_run import run_local
@@ -78,7 +78,7 @@ def test_local_run_validates_trains_registers_and_gates(tmp_path, mlflow_env):
     ab = tmp_path / "ab.yaml"
     ab.write_text((ROOT / "configs/ab/llm4msr-rollout.yaml").read_text()
                   .replace("model: llm4msr ", f"model: {name} "))
-    run = run_local(ML100K, pipeline="llm4msr", preset="cpu-tiny", runs_dir=tmp_path / "runs",
+    run = run_local(ml100k_300, pipeline="llm4msr", preset="cpu-tiny", runs_dir=tmp_path / "runs",
                     run_id="msr-1", tracking_uri=mlflow_env, registered_name=name,
                     ab_config=ab, max_history=20)
     s = run.summary
@@ -96,7 +96,7 @@ def test_local_run_validates_trains_registers_and_gates(tmp_path, mlflow_env):
     # Training read the knowledge step's vectors, it did not run the LLM itself.
     assert trained["knowledge"]["source"].endswith("knowledge")
     knowledge = json.loads((run.run_dir / "knowledge" / "knowledge.json").read_text())
-    assert knowledge["pushed"] == {"scenario_knowledge": 4, "user_knowledge": 943}
+    assert knowledge["pushed"] == {"scenario_knowledge": 4, "user_knowledge": 300}
     client = MlflowClient(mlflow_env)
     tags = client.get_model_version(name, s["registry"]["version"]).tags
     assert tags["pipeline_run_id"] == "msr-1" and tags["task"] == "ctr"

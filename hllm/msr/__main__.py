@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
+from hllm import strict_json
 from hllm.config import parse_set
 from hllm.errors import HLLMError
 from hllm.msr.config import load_msr_config
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if isinstance(result, int):
         return result
-    text = json.dumps(result, indent=1, default=str)
+    text = strict_json.dumps(result)
     if getattr(args, "out", None) and args.step == "compare":
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

@@ -21,7 +21,8 @@ from hllm.config import replace as replace_sections
 class MSRDataConfig:
     """How interactions become multi-scenario CTR rows and a global time split."""
 
-    scenario_rule: str = "genre-group"  # genre-group (ml-100k) | column (table has `scenario`)
+    # auto: the table's `scenario` column if any, else genre groups | genre-group | column
+    scenario_rule: str = "auto"
     label_threshold: float = 4.0  # rating >= this is a click (ml-100k: 55.4% positives)
     train_frac: float = 0.8  # by global time: oldest 80% train, next 10% validation, rest test
     valid_frac: float = 0.1

@@ -20,12 +20,18 @@ period leaks into an earlier one, which also means later users/items can be unse
 in training (ids unseen in train map to index 0, "unknown").
 
 Any other dataset can come as a table that already has `scenario` and `label`
-columns (scenario_rule="column"); it is checked and every problem named.
+columns: it is used as given, checked, and every problem named. `data.scenario_rule`
+is `auto` by default: the table's own `scenario` column when it has one, genre groups
+when it has none but its item table has a genre field (`class`, `genre` or `genres`).
+Genres are matched ignoring case, punctuation and a plural or possessive "s" (so
+"Children", "children's" and "CHILDRENS" are one genre), and every genre that matches
+no group is reported. Labels are read by hllm.data.labels (0/1, 0.0/1.0, true/false).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +40,8 @@ import pandas as pd
 import torch
 
 from hllm import storage
-from hllm.data.readers import read_dataset, read_raw_table
+from hllm.data.labels import SPELLINGS, parse_labels
+from hllm.data.readers import RawData, read_dataset, read_raw_table
 from hllm.errors import DataError
 from hllm.msr.config import MSRDataConfig
 
@@ -47,6 +54,8 @@ GENRE_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("drama_comedy", frozenset({"Comedy", "Drama", "Romance", "Documentary", "unknown"})),
 )
 FALLBACK_SCENARIO = "drama_comedy"  # items with no (known) genre
+GENRE_FIELDS = ("class", "genre", "genres")  # ml-100k's RecBole file calls it `class`
+SCENARIO_RULES = ("auto", "genre-group", "column")
 
 # Shown to the LLM in the scenario-level prompt.
 SCENARIO_DESCRIPTIONS: dict[str, str] = {
@@ -70,52 +79,116 @@ class MSRRows:
     items: pd.DataFrame  # item_id + text fields (title, ...)
     fields: tuple[str, ...] = ()  # categorical feature columns present in the rows
     files: dict[str, str] = field(default_factory=dict)
+    scenario_rule: str = "genre-group"  # the rule that made `scenario` (never "auto")
+
+
+def genre_key(genre: str) -> str:
+    """Case, punctuation and a final plural/possessive "s" removed: Children's == children."""
+    key = re.sub(r"[^0-9a-z]", "", genre.lower())
+    return key[:-1] if len(key) > 3 and key.endswith("s") else key
+
+
+_GROUP_KEYS = tuple((name, frozenset(genre_key(g) for g in group)) for name, group in GENRE_GROUPS)
+
+
+def split_genres(genres: str) -> list[str]:
+    """RecBole's space-separated token_seq, or the `|` / `,` lists other exports use."""
+    return [g for g in re.split(r"[\s|,]+", str(genres)) if g]
 
 
 def genre_scenario(genres: str) -> str:
-    """Scenario of one item from its space-separated genre list (see the module docstring)."""
-    present = set(genres.split())
-    for name, group in GENRE_GROUPS:
+    """Scenario of one item from its genre list (see the module docstring)."""
+    present = {genre_key(g) for g in split_genres(genres)}
+    for name, group in _GROUP_KEYS:
         if present & group:
             return name
     return FALLBACK_SCENARIO
 
 
-def adapt_movielens(uri: str, cfg: MSRDataConfig = MSRDataConfig()) -> MSRRows:
-    """ml-100k (RecBole atomic: .inter with rating, .item with `class`, optional .user) -> MSRRows."""
-    raw = read_dataset(uri, fmt="recbole")
+def unmatched_genres(genres: pd.Series) -> dict[str, int]:
+    """Genre spelling -> number of items listing it, for genres in no group."""
+    known = set().union(*(group for _, group in _GROUP_KEYS))
+    counts: dict[str, int] = {}
+    for value in genres.dropna():
+        for genre in split_genres(value):
+            if genre_key(genre) not in known:
+                counts[genre] = counts.get(genre, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def genre_field(items: pd.DataFrame) -> str | None:
+    return next((f for f in GENRE_FIELDS if f in items.columns), None)
+
+
+def scenario_rule_for(raw: RawData, cfg: MSRDataConfig) -> str:
+    """The rule `auto` stands for on this table; an explicit rule is kept."""
+    if cfg.scenario_rule not in SCENARIO_RULES:
+        raise DataError(f"data.scenario_rule must be one of {', '.join(SCENARIO_RULES)}, "
+                        f"got {cfg.scenario_rule!r}")
+    if cfg.scenario_rule != "auto":
+        return cfg.scenario_rule
+    if "scenario" in raw.interactions.columns:
+        return "column"
+    if genre_field(raw.items) is not None:
+        return "genre-group"
+    raise DataError(f"{raw.files.get('interactions', '?')}: no 'scenario' column, and the item "
+                    f"table {raw.files.get('items', '?')} has no genre field "
+                    f"({', '.join(GENRE_FIELDS)}) to group items into scenarios")
+
+
+def adapt_movielens(raw: RawData, cfg: MSRDataConfig = MSRDataConfig()) -> MSRRows:
+    """Genre groups as scenarios (ml-100k style); label from `label`, else rating >= threshold."""
     inter, items = raw.interactions, raw.items
     inter_path = raw.files["interactions"]
-    if "rating" not in inter.columns:
-        raise DataError(f"{inter_path}: no 'rating' column; the CTR label is rating >= "
-                        f"{cfg.label_threshold:g}. Use a table with a 'label' column instead.")
-    if "class" not in items.columns:
-        raise DataError(f"{raw.files['items']}: no 'class' (genres) column; the genre-group "
-                        "scenario rule needs it")
-    rating = pd.to_numeric(inter["rating"], errors="coerce")
-    if rating.isna().any():
-        row = int(rating.isna().to_numpy().nonzero()[0][0])
-        raise DataError(f"{inter_path}: column 'rating', data row {row + 1} is "
-                        f"{inter['rating'].iloc[row]!r}; expected a number")
-    scenario_of = dict(zip(items["item_id"], items["class"].map(genre_scenario)))
+    genres = genre_field(items)
+    if genres is None:
+        raise DataError(f"{raw.files['items']}: no genre field ({', '.join(GENRE_FIELDS)}); the "
+                        "genre-group scenario rule needs one")
+    if "label" in inter.columns:
+        label = _checked_labels(inter["label"], inter_path)
+    elif "rating" in inter.columns:
+        rating = pd.to_numeric(inter["rating"], errors="coerce")
+        if rating.isna().any():
+            row = int(rating.isna().to_numpy().nonzero()[0][0])
+            raise DataError(f"{inter_path}: column 'rating', data row {row + 1} is "
+                            f"{inter['rating'].iloc[row]!r}; expected a number")
+        label = (rating >= cfg.label_threshold).astype(np.int64)
+    else:
+        raise DataError(f"{inter_path}: no 'label' or 'rating' column; the CTR label is `label` "
+                        f"({SPELLINGS}) or rating >= {cfg.label_threshold:g}")
+    unmatched = unmatched_genres(items[genres])
+    if unmatched:
+        listed = ", ".join(f"{g!r} ({n} items)" for g, n in unmatched.items())
+        log.warning("%s: genre(s) in no scenario group: %s; an item with no other genre goes "
+                    "to %s", raw.files["items"], listed, FALLBACK_SCENARIO)
+    scenario_of = dict(zip(items["item_id"], items[genres].map(genre_scenario)))
     rows = pd.DataFrame({
         "user_id": inter["user_id"], "item_id": inter["item_id"],
         "scenario": inter["item_id"].map(scenario_of).fillna(FALLBACK_SCENARIO),
-        "label": (rating >= cfg.label_threshold).astype(np.int64),
+        "label": label,
         "timestamp": inter["timestamp"],
     })
     users = _read_users(Path(inter_path))
     scenarios = [name for name, _ in GENRE_GROUPS]
-    return _finish(rows, users, items, scenarios, cfg, {"interactions": inter_path, **raw.files})
+    return _finish(rows, users, items, scenarios, cfg, {"interactions": inter_path, **raw.files},
+                   "genre-group")
 
 
-def read_msr_table(uri: str, cfg: MSRDataConfig = MSRDataConfig()) -> MSRRows:
+def read_msr_table(raw: RawData, cfg: MSRDataConfig = MSRDataConfig()) -> MSRRows:
     """A dataset that already carries `scenario` and `label` columns (any reader layout)."""
-    raw = read_dataset(uri)
     rows = check_msr_rows(raw.interactions, raw.files["interactions"])
     users = _read_users(Path(raw.files["interactions"]))
     scenarios = sorted(rows["scenario"].unique())
-    return _finish(rows, users, raw.items, scenarios, cfg, raw.files)
+    return _finish(rows, users, raw.items, scenarios, cfg, raw.files, "column")
+
+
+def _checked_labels(values: pd.Series, path: str) -> pd.Series:
+    labels = parse_labels(values)
+    bad = labels.isna().to_numpy().nonzero()[0]
+    if len(bad):
+        raise DataError(f"{path}: column 'label' must be {SPELLINGS}; {len(bad)} row(s) are not, "
+                        f"first at data row {bad[0] + 1} ({values.iloc[bad[0]]!r})")
+    return labels.astype(np.int64)
 
 
 def check_msr_rows(frame: pd.DataFrame, path: str) -> pd.DataFrame:
@@ -131,11 +204,11 @@ def check_msr_rows(frame: pd.DataFrame, path: str) -> pd.DataFrame:
     if len(empty):
         problems.append(f"column 'scenario' is empty in {len(empty)} row(s), first at data row "
                         f"{empty[0] + 1}")
-    label = pd.to_numeric(frame["label"], errors="coerce")
-    bad = (~label.isin([0, 1])).to_numpy().nonzero()[0]
+    label = parse_labels(frame["label"])
+    bad = label.isna().to_numpy().nonzero()[0]
     if len(bad):
-        problems.append(f"column 'label' must be 0 or 1; {len(bad)} row(s) are not, first at data "
-                        f"row {bad[0] + 1} ({frame['label'].iloc[bad[0]]!r})")
+        problems.append(f"column 'label' must be {SPELLINGS}; {len(bad)} row(s) are not, first "
+                        f"at data row {bad[0] + 1} ({frame['label'].iloc[bad[0]]!r})")
     if problems:
         raise DataError(f"{path}: " + "; ".join(problems))
     out = frame.copy()
@@ -162,7 +235,8 @@ def _read_users(inter_path: Path) -> pd.DataFrame | None:
 
 
 def _finish(rows: pd.DataFrame, users: pd.DataFrame | None, items: pd.DataFrame,
-            scenarios: list[str], cfg: MSRDataConfig, files: dict[str, str]) -> MSRRows:
+            scenarios: list[str], cfg: MSRDataConfig, files: dict[str, str],
+            rule: str) -> MSRRows:
     users = users if users is not None else pd.DataFrame({"user_id": pd.unique(rows["user_id"])})
     fields: list[str] = []
     for name in cfg.user_fields:
@@ -176,7 +250,7 @@ def _finish(rows: pd.DataFrame, users: pd.DataFrame | None, items: pd.DataFrame,
     rows = rows.assign(_row=np.arange(len(rows))).sort_values(["timestamp", "_row"], kind="stable")
     rows = rows.drop(columns="_row").reset_index(drop=True)
     splits = time_split(rows, cfg.train_frac, cfg.valid_frac, files.get("interactions", "?"))
-    return MSRRows(splits, scenarios, users, items, tuple(fields), files)
+    return MSRRows(splits, scenarios, users, items, tuple(fields), files, rule)
 
 
 def time_split(rows: pd.DataFrame, train_frac: float, valid_frac: float,
@@ -192,6 +266,26 @@ def time_split(rows: pd.DataFrame, train_frac: float, valid_frac: float,
     return {"train": rows.iloc[:a].reset_index(drop=True),
             "valid": rows.iloc[a:b].reset_index(drop=True),
             "test": rows.iloc[b:].reset_index(drop=True)}
+
+
+def require_auc_cells(rows: MSRRows) -> None:
+    """Refuse, before any training, a scenario whose AUC cannot exist on validation or test.
+
+    Model selection reads per-scenario validation AUC and the gate reads test AUC: a
+    scenario with one class there would train for minutes and then report NaN.
+    """
+    cells = []
+    for split in ("valid", "test"):
+        frame = rows.splits[split]
+        for name in rows.scenarios:
+            labels = frame.loc[frame["scenario"] == name, "label"]
+            pos = int(labels.sum())
+            if pos == 0 or pos == len(labels):
+                cells.append(f"{split}/{name} ({pos} positive, {len(labels) - pos} negative)")
+    if cells:
+        raise DataError(f"{rows.files.get('interactions', '?')}: no AUC possible in "
+                        f"{', '.join(cells)}: every scenario needs both classes in the validation "
+                        "and test splits; nothing trained")
 
 
 def scenario_stats(data: MSRRows) -> pd.DataFrame:
@@ -287,10 +381,9 @@ def _natural_key(value: str) -> tuple[int, int | str]:
 
 
 def load_rows(uri: str, cfg: MSRDataConfig = MSRDataConfig()) -> MSRRows:
-    """Dispatch on cfg.scenario_rule: genre-group (ml-100k style) or column (table has it)."""
+    """Read `uri` and apply the scenario rule (`auto`: the table's column, else genre groups)."""
     storage.local_path(uri)  # fail early on a bad path with storage's message
-    if cfg.scenario_rule == "genre-group":
-        return adapt_movielens(uri, cfg)
-    if cfg.scenario_rule == "column":
-        return read_msr_table(uri, cfg)
-    raise DataError(f"data.scenario_rule must be genre-group or column, got {cfg.scenario_rule!r}")
+    raw = read_dataset(uri)
+    if scenario_rule_for(raw, cfg) == "column":
+        return read_msr_table(raw, cfg)
+    return adapt_movielens(raw, cfg)

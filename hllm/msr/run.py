@@ -36,10 +36,12 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hllm import strict_json
 from hllm.atomic import swap_dir
 from hllm.errors import ConfigError
 from hllm.msr.config import MSRConfig, config_from_dict
-from hllm.msr.data import SPLITS, Encoded, MSRRows, encode, index_rows, load_rows
+from hllm.msr.data import (SPLITS, Encoded, MSRRows, encode, index_rows, load_rows,
+                           require_auc_cells)
 from hllm.msr.evaluate import evaluate_msr, predict
 from hllm.msr.train import build_model, train_msr
 
@@ -75,6 +77,7 @@ def train_run(cfg: MSRConfig, data: str, out: str | Path, *, llm4msr: bool = Tru
     out = Path(out)
     t0 = time.perf_counter()
     rows = rows or load_rows(data, cfg.data)
+    require_auc_cells(rows)
     enc = encode(rows)
     timings = {"load_data_s": time.perf_counter() - t0}
     knowledge, texts, kstats = None, None, {}
@@ -121,7 +124,7 @@ def train_run(cfg: MSRConfig, data: str, out: str | Path, *, llm4msr: bool = Tru
              scenario=test.scenario.numpy())
     if texts:
         (staged / "knowledge.json").write_text(json.dumps({"user": texts}, ensure_ascii=False, indent=1))
-    (staged / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float) + "\n")
+    (staged / "metrics.json").write_text(strict_json.dumps(metrics))
     swap_dir(staged, out)
     log.info("%s: test AUC %.4f logloss %.4f -> %s", metrics["model"], metrics["auc"],
              metrics["logloss"], out)
@@ -265,5 +268,5 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None, data: str |
     frame, probs = result["test"]
     np.savez(out / "test_predictions.npz", label=frame["label"].to_numpy(np.float32), probability=probs,
              scenario=frame["scenario"].map(scen_index).to_numpy(np.int64))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float) + "\n")
+    (out / "metrics.json").write_text(strict_json.dumps(metrics))
     return metrics

@@ -6,8 +6,8 @@ Two layers, one report (validation.json / validation.html, the format `hllm vali
 writes, so registry lineage tags read it the same way):
 
 1. the raw dataset, through the suites of hllm.validation (ids, timestamps, duplicate
-   events, unknown items; `label` in {0, 1} and `scenario` in the declared set when the
-   table carries them);
+   events, unknown items; `label` spelled 0/1, 0.0/1.0 or true/false when the table
+   carries it, and `scenario` in the genre groups only under an explicit genre-group rule);
 2. the CTR rows after the scenario rule and label rule are applied:
    * `ctr_rows`: user_id, item_id, scenario, label, timestamp present and non-null,
      label in {0, 1}, scenario in the declared set;
@@ -41,7 +41,8 @@ class MSRValidationConfig:
 
 
 def declared_scenarios(cfg: MSRDataConfig) -> tuple[str, ...]:
-    """The scenario names the rule can produce; empty when the table brings its own."""
+    """The names an explicit genre-group rule allows in a `scenario` column; empty under
+    `auto` (a table with its own column is read as given) and `column`."""
     return tuple(name for name, _ in GENRE_GROUPS) if cfg.scenario_rule == "genre-group" else ()
 
 
@@ -85,7 +86,8 @@ def validate_msr(data: str, out: str | Path | None = None, cfg: MSRDataConfig = 
         except DataError as exc:
             checks.append(Check("ctr_rows", "rows_can_be_built", "", False, str(exc)))
         else:
-            suites = _ctr_suites(rows, scenarios, vcfg)
+            made = tuple(rows.scenarios) if rows.scenario_rule == "genre-group" else ()
+            suites = _ctr_suites(rows, made, vcfg)
             per = suites[1][1]
             more, more_counts = run_suites(suites, base_cfg)
             for check in more:  # rows of the per-(split, scenario) table: name the cells
