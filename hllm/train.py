@@ -61,6 +61,7 @@ from hllm.item_cache import load_or_compute_item_cache, load_or_compute_prefix_s
 from hllm.models.base import SequentialRecommender
 from hllm.models.hllm import HLLM
 from hllm.models.sasrec import SASRec
+from hllm.progress import Progress
 from hllm.segments import save_masks, segment_masks, segment_metrics
 
 log = logging.getLogger(__name__)
@@ -344,8 +345,12 @@ class Trainer:
         batches = self._epoch_batches(st.epoch)
         accum = cfg.train.grad_accum
         groups = [batches[i: i + accum] for i in range(0, len(batches), accum)]
+        desc = f"epoch {st.epoch + 1}/{cfg.train.epochs}"
         bar = tqdm(total=len(groups), initial=st.step_in_epoch, disable=not self.progress,
-                   desc=f"epoch {st.epoch + 1}/{cfg.train.epochs}", unit="step", mininterval=1.0)
+                   desc=desc, unit="step", mininterval=1.0)
+        # Off a terminal (pipelines, pods): a log line every 30 s instead of the bar.
+        lines = (Progress(len(groups), desc, "step", bar=False, initial=st.step_in_epoch)
+                 if self.dist.is_main and not self.progress else None)
         t0, seen = time.perf_counter(), 0
         for group in groups[st.step_in_epoch:]:
             loss, stats = self._optimizer_step(group, st.global_step)
@@ -356,6 +361,8 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", seq_s=f"{seen / (time.perf_counter() - t0):.0f}",
                             lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             bar.update(1)
+            if lines is not None:
+                lines.update(1)
             if self.dist.is_main and st.global_step % 10 == 0:
                 self._log_event({"step": st.global_step, "epoch": st.epoch, "loss": loss, **stats})
             if cfg.train.checkpoint_every and st.global_step % cfg.train.checkpoint_every == 0:
@@ -366,6 +373,8 @@ class Trainer:
                 log.info("stopped at max_steps=%d (resume with --resume)", cfg.train.max_steps)
                 break
         bar.close()
+        if lines is not None:
+            lines.close()
 
     def _optimizer_step(self, group: list[list[int]], step: int) -> tuple[float, dict[str, float]]:
         cfg = self.cfg

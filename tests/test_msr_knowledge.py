@@ -119,3 +119,16 @@ def test_smollm2_two_prompts_deterministic_with_chat_template():
                               progress=False)
     assert one.vectors.shape == (2, 576)
     torch.testing.assert_close(one.vectors[1], two.vectors[0], atol=1e-4, rtol=1e-4)
+
+
+def test_extraction_logs_progress_when_stderr_is_not_a_terminal(cfg, monkeypatch, caplog):
+    import logging
+
+    import hllm.progress
+
+    monkeypatch.setattr(hllm.progress, "INTERVAL_S", 0.0)  # a line at every batch
+    with caplog.at_level(logging.INFO, logger="hllm.progress"):
+        K.extract_knowledge(PROMPTS, cfg, progress=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("knowledge: 2/3 prompts (67%), ") and lines[0].endswith(" left")
+    assert lines[-1].startswith("knowledge: 3 prompts in ")

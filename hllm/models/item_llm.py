@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import inspect
 import logging
-import sys
 from typing import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from hllm.config import ItemLLMConfig
 from hllm.data.item_text import (ByteTokenizer, HFTokenizer, ItemBatch, packed_batch,
                                  padded_batch, token_budget_chunks, tokenize_items)
 from hllm.errors import ConfigError
+from hllm.progress import Progress
 from hllm.models.pretrained import (decoder_layers, enable_checkpointing, flash_attn_available,
                                     load_backbone, resolve_model_dir)
 
@@ -228,15 +227,12 @@ class ItemLLM(nn.Module):
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
         lengths = [len(token_ids[i]) + 1 for i in order]
         out = torch.empty(len(token_ids), self.hidden_size)
-        progress = sys.stderr.isatty() if progress is None else progress
-        bar = tqdm(total=len(order), desc="embed items", unit="item", disable=not progress,
-                   mininterval=2.0)
-        for chunk in token_budget_chunks(lengths, self.cfg.batch_tokens):
-            ids = [order[c] for c in chunk]
-            batch = self.make_batch([token_ids[i] for i in ids], packed).to(device)
-            out[ids] = self(batch).float().cpu()
-            bar.update(len(ids))
-        bar.close()
+        with Progress(len(order), "embed items", "item", bar=progress) as shown:
+            for chunk in token_budget_chunks(lengths, self.cfg.batch_tokens):
+                ids = [order[c] for c in chunk]
+                batch = self.make_batch([token_ids[i] for i in ids], packed).to(device)
+                out[ids] = self(batch).float().cpu()
+                shown.update(len(ids))
         self.train(was_training)
         return out
 

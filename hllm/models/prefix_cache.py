@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hllm.progress import Progress
+
 log = logging.getLogger(__name__)
 
 SLOT_ONLY_TYPES = {"llama", "mistral", "qwen2", "gemma3_text"}
@@ -66,16 +68,13 @@ class PrefixStates:
 def compute_prefix_states(item_llm, token_ids: Sequence[Sequence[int]], layer: int, *,
                           device: torch.device, progress: bool = False) -> PrefixStates:
     """Run the frozen layers below `layer` once over every item's text (no [ITEM] slot)."""
-    from tqdm.auto import tqdm
-
     from hllm.data.item_text import packed_batch, token_budget_chunks
 
     was_training = item_llm.training
     item_llm.eval()
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     per_item: list[torch.Tensor | None] = [None] * len(token_ids)
-    bar = tqdm(total=len(order), desc=f"item states below layer {layer}", unit="item",
-               disable=not progress, mininterval=2.0)
+    shown = Progress(len(order), f"item states below layer {layer}", "item", bar=progress)
     embed = item_llm.backbone.get_input_embeddings()
     for chunk in token_budget_chunks([len(token_ids[i]) for i in order], item_llm.cfg.batch_tokens):
         ids = [order[c] for c in chunk]
@@ -92,8 +91,8 @@ def compute_prefix_states(item_llm, token_ids: Sequence[Sequence[int]], layer: i
         grouped = real[torch.argsort(seg[real], stable=True)]  # by item, tokens in order
         for j, chunk_states in enumerate(hidden[grouped].split([len(token_ids[i]) for i in ids])):
             per_item[ids[j]] = chunk_states
-        bar.update(len(ids))
-    bar.close()
+        shown.update(len(ids))
+    shown.close()
     item_llm.train(was_training)
     lengths = torch.tensor([len(t) for t in token_ids], dtype=torch.long)
     offsets = torch.zeros(len(token_ids) + 1, dtype=torch.long)

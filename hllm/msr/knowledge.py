@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,6 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from hllm import storage
 from hllm.data.item_text import ByteTokenizer
@@ -46,6 +44,7 @@ from hllm.errors import ConfigError
 from hllm.msr.config import KnowledgeConfig
 from hllm.models.pretrained import resolve_model_dir
 from hllm.msr.data import SCENARIO_DESCRIPTIONS, Encoded, MSRRows
+from hllm.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +253,7 @@ def extract_knowledge(prompts: dict[str, str], cfg: KnowledgeConfig, *,
     order = sorted(range(len(keys)), key=lambda i: len(seqs[i]))
     vectors = torch.empty(len(keys), llm.model.config.hidden_size)
     texts: dict[str, str] = {}
-    progress = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(keys), desc="knowledge", unit="prompt", disable=not progress, mininterval=2.0)
+    shown = Progress(len(keys), "knowledge", "prompt", bar=progress)
     for s in range(0, len(order), cfg.batch_size):
         idx = order[s: s + cfg.batch_size]
         batch = llm.batch([seqs[i] for i in idx], device)
@@ -263,8 +261,8 @@ def extract_knowledge(prompts: dict[str, str], cfg: KnowledgeConfig, *,
         if cfg.generate_text:
             for i, text in zip(idx, llm.generate(batch, cfg.max_new_tokens)):
                 texts[keys[i]] = text
-        bar.update(len(idx))
-    bar.close()
+        shown.update(len(idx))
+    shown.close()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"vectors": vectors.contiguous()}, str(tmp), metadata={"keys": json.dumps(keys)})
