@@ -133,3 +133,25 @@ def test_metrics_files_are_strict_json_even_with_nan():
                               "list": [np.float64(0.5), float("-inf")], "path": Path("/x")})
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
         "auc": None, "per": {"a": None, "n": 3}, "list": [0.5, None], "path": "/x"}
+
+
+def test_the_random_split_is_seeded_and_partitions_the_rows(tmp_path):
+    data = str(write_table(tmp_path / "t"))
+
+    def split(**overrides):
+        return load_rows(data, load_msr_config("cpu-tiny", overrides=overrides).data).splits
+
+    def keys(frame):
+        return list(zip(frame["user_id"], frame["timestamp"]))
+
+    by_time, first, again = split(), split(**{"data.split": "random"}), split(**{"data.split": "random"})
+    other = split(**{"data.split": "random", "data.split_seed": 1})
+    assert all(keys(first[s]) == keys(again[s]) for s in first)  # seeded: repeatable
+    assert keys(first["test"]) != keys(other["test"])
+    assert sorted(sum((keys(first[s]) for s in first), [])) == sorted(sum((keys(by_time[s]) for s in by_time), []))
+    assert [len(first[s]) for s in ("train", "valid", "test")] == [1600, 200, 200]
+    # time: every validation row is at least as new as every training row; random: not so
+    assert by_time["valid"]["timestamp"].min() >= by_time["train"]["timestamp"].max()
+    assert first["valid"]["timestamp"].min() < first["train"]["timestamp"].max()
+    with pytest.raises(DataError, match="data.split must be time or random, got 'users'"):
+        split(**{"data.split": "users"})

@@ -24,7 +24,11 @@ class MSRDataConfig:
     # auto: the table's `scenario` column if any, else genre groups | genre-group | column
     scenario_rule: str = "auto"
     label_threshold: float = 4.0  # rating >= this is a click (ml-100k: 55.4% positives)
-    train_frac: float = 0.8  # by global time: oldest 80% train, next 10% validation, rest test
+    # time: one global time order, the oldest 80% train, next 10% validation, the rest test;
+    # random: rows shuffled with split_seed first (the HAMUR / Scenario-Wise-Rec benchmarks)
+    split: str = "time"
+    split_seed: int = 0
+    train_frac: float = 0.8
     valid_frac: float = 0.1
     user_fields: tuple[str, ...] = ("age", "gender", "occupation")  # categorical, when present
     item_fields: tuple[str, ...] = ("release_year",)

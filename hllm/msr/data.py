@@ -14,10 +14,11 @@ film, an "Action Comedy" an action film, and Comedy/Drama/Romance is what remain
     drama_comedy  Comedy, Drama, Romance, Documentary, unknown       873   36,943   0.555
 
 Label: rating >= 4 is a click (1), ratings 1-3 are 0 (55.4% positives overall).
-Split: one global time order (timestamp, then file order for ties); the oldest 80%
-of rows train, the next 10% validate, the newest 10% test. Nothing from a later
-period leaks into an earlier one, which also means later users/items can be unseen
-in training (ids unseen in train map to index 0, "unknown").
+Split (data.split=time): one global time order (timestamp, then file order for ties);
+the oldest 80% of rows train, the next 10% validate, the newest 10% test. Nothing from
+a later period leaks into an earlier one, which also means later users/items can be
+unseen in training (ids unseen in train map to index 0, "unknown"). data.split=random
+shuffles the rows with data.split_seed first, as the multi-scenario benchmarks do.
 
 Any other dataset can come as a table that already has `scenario` and `label`
 columns: it is used as given, checked, and every problem named. `data.scenario_rule`
@@ -249,13 +250,19 @@ def _finish(rows: pd.DataFrame, users: pd.DataFrame | None, items: pd.DataFrame,
             fields.append(name)
     rows = rows.assign(_row=np.arange(len(rows))).sort_values(["timestamp", "_row"], kind="stable")
     rows = rows.drop(columns="_row").reset_index(drop=True)
+    if cfg.split == "random":  # the benchmarks' protocol; later rows can then train
+        order = np.random.default_rng(cfg.split_seed).permutation(len(rows))
+        rows = rows.iloc[order].reset_index(drop=True)
+    elif cfg.split != "time":
+        raise DataError(f"data.split must be time or random, got {cfg.split!r}")
     splits = time_split(rows, cfg.train_frac, cfg.valid_frac, files.get("interactions", "?"))
     return MSRRows(splits, scenarios, users, items, tuple(fields), files, rule)
 
 
 def time_split(rows: pd.DataFrame, train_frac: float, valid_frac: float,
                source: str = "?") -> dict[str, pd.DataFrame]:
-    """Globally time-ordered rows -> the oldest train_frac, next valid_frac, the rest."""
+    """Ordered rows -> the first train_frac, next valid_frac, the rest (oldest first under
+    data.split=time; shuffled under random)."""
     if not (0 < train_frac < 1 and 0 < valid_frac < 1 and train_frac + valid_frac < 1):
         raise DataError(f"train_frac={train_frac} and valid_frac={valid_frac} must be in (0, 1) "
                         "and leave rows for the test split")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from hllm.errors import ConfigError
 from hllm.msr.backbones import BACKBONES, build_backbone
 from hllm.msr.config import MSRConfig, MSRTrainConfig
-from hllm.msr.data import Encoded, MSRRows, encode, load_rows
+from hllm.msr.data import Encoded, MSRRows, encode, load_rows, require_auc_cells
 from hllm.msr.evaluate import evaluate_msr
 from hllm.msr.meta import LLM4MSR, bce_loss
 
@@ -151,6 +151,7 @@ def compare(cfg: MSRConfig, data_uri: str, *, backbones: tuple[str, ...] | None 
         raise ConfigError(f"unknown backbone(s) {', '.join(map(repr, unknown))} "
                           f"(known: {', '.join(BACKBONES)})")
     rows = rows or load_rows(data_uri, cfg.data)
+    require_auc_cells(rows)
     enc = encode(rows)
     scen, users = build_knowledge(rows, enc, cfg.knowledge, device=device, progress=progress)
     knowledge = (scen.vectors, users.vectors)
