@@ -153,16 +153,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_msr(args: argparse.Namespace) -> int:
     from hllm.msr.__main__ import main as msr_main
 
-    return msr_main([args.step, *args.rest])
+    if args.step is None:  # `hllm msr -h` lists the steps; a bare `hllm msr` too, on stderr
+        return msr_main(["--help"] if args.help else [])
+    return msr_main([args.step, *(["--help"] if args.help else []), *args.rest])
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from hllm.msr.explain import explain
+    from hllm.msr.__main__ import run_explain
 
-    result = explain(args.run, args.user, feature_repo=args.feature_repo,
-                     generate=not args.no_generate, max_new_tokens=args.max_new_tokens)
-    print(json.dumps(result.to_dict(), indent=1) if args.json else result.render())
-    return 0
+    return run_explain(args)
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
@@ -273,10 +272,20 @@ def _headline(m: dict) -> str:
             f"R@200={m['recall@200']:.4f} N@200={m['ndcg@200']:.4f}")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hllm-platform")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hllm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"hllm {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     from pipelines.cli import add_pipeline_parser  # kfp loads only when a pipeline command runs
 
@@ -357,23 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 when refused (the decision is still logged; for pipelines)")
     p.set_defaults(func=cmd_gate)
 
-    from hllm.msr.__main__ import STEPS as MSR_STEPS
+    from hllm.msr.__main__ import STEPS as MSR_STEPS, add_explain_arguments
 
     p = sub.add_parser("msr", help=f"LLM4MSR multi-scenario CTR: {' | '.join(MSR_STEPS)}",
                        add_help=False)
-    p.add_argument("step", choices=MSR_STEPS)
+    p.add_argument("-h", "--help", action="store_true", help="list the steps, or one step's options")
+    p.add_argument("step", nargs="?", choices=MSR_STEPS)
     p.add_argument("rest", nargs=argparse.REMAINDER,
                    help="--data PATH [--config YAML] [--out DIR] ... (hllm msr STEP --help)")
     p.set_defaults(func=cmd_msr)
 
-    p = sub.add_parser("explain", help="LLM4MSR: a user's knowledge summary and which meta layer weighed most")
-    p.add_argument("--user", required=True, help="raw user id")
-    p.add_argument("--run", required=True, help="run directory from `hllm msr train` (with LLM4MSR)")
-    p.add_argument("--feature-repo", help="read the stored knowledge text from this Feast repo")
-    p.add_argument("--no-generate", action="store_true",
-                   help="do not run the LLM when no stored text exists")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p = add_explain_arguments(sub.add_parser(
+        "explain", help="LLM4MSR: same as `hllm msr explain` (the older spelling)"))
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("rollback", help="point champion back at the previous champion")

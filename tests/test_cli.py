@@ -151,3 +151,23 @@ def test_msr_train_then_evaluate_from_the_shell(tmp_path, ml100k_300):
     assert bad.returncode == 2 and "xgb" in bad.stderr and "Traceback" not in bad.stderr
     missing = hllm("msr", "evaluate", "--run", str(tmp_path))
     assert missing.returncode == 2 and "hllm msr train" in missing.stderr
+
+
+def test_msr_help_lists_the_steps_and_hllm_has_a_version(capsys):
+    from hllm.cli import main
+    from hllm.msr.__main__ import STEPS
+
+    assert main(["msr"]) == 2  # bare: the listing, on stderr, as a usage error
+    bare = capsys.readouterr().err
+    for flag in ("-h", "--help"):
+        with pytest.raises(SystemExit) as done:
+            main(["msr", flag])
+        assert done.value.code == 0
+        listing = capsys.readouterr().out
+        assert all(step in listing for step in STEPS) and listing == bare
+    with pytest.raises(SystemExit):
+        main(["msr", "explain", "-h"])
+    assert "--user USER --run RUN" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("hllm 0.")

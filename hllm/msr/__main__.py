@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -23,7 +24,29 @@ from hllm.config import parse_set
 from hllm.errors import HLLMError
 from hllm.msr.config import load_msr_config
 
-STEPS = ("stats", "validate", "knowledge", "train", "evaluate", "register", "compare")
+STEPS = ("stats", "validate", "knowledge", "train", "evaluate", "register", "compare", "explain")
+
+
+def add_explain_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`hllm msr explain` and its older spelling `hllm explain` take the same arguments."""
+    p.add_argument("--user", required=True, help="raw user id")
+    p.add_argument("--run", required=True, help="run directory from `hllm msr train` (with LLM4MSR)")
+    p.add_argument("--feature-repo", help="read the stored knowledge text from this Feast repo")
+    p.add_argument("--no-generate", action="store_true",
+                   help="do not run the LLM when no stored text exists")
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="length of a summary generated now (default 64)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from hllm.msr.explain import explain
+
+    result = explain(args.run, args.user, feature_repo=args.feature_repo,
+                     generate=not args.no_generate, max_new_tokens=args.max_new_tokens)
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result.render())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,10 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-repo", help="Feast repo whose view versions are tagged")
     p.add_argument("--pipeline-run-id")
     p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    add_explain_arguments(sub.add_parser(
+        "explain", help="a user's knowledge summary and which meta layer weighed most"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # a bare `hllm msr` lists the steps instead of one "required" line
+        build_parser().print_help(sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -99,6 +128,8 @@ def _summary_line(model: str, t: dict) -> str:
 
 
 def run_step(args: argparse.Namespace) -> dict | int:
+    if args.step == "explain":
+        return run_explain(args)
     if args.step == "register":
         from hllm.msr.registry import register_msr
 
