@@ -14,14 +14,19 @@ historical retrieval (`user_histories_as_of`); serving reads the online store.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -156,10 +161,24 @@ def write_newest_histories(store, history: pd.DataFrame) -> None:
     store.write_to_online_store("user_history", newest.reset_index(drop=True))
 
 
+@contextlib.contextmanager
+def feast_output(what: str) -> Iterator[None]:
+    """Feast prints coloured lines per view to stdout: on a terminal let it; in a log
+    (pipelines, pods, CI) keep them as one debug line without the ANSI codes."""
+    if sys.stdout.isatty():
+        yield
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", printed.getvalue())
+        log.debug("%s: %s", what, " ".join(text.split()))
+
+
 def _apply(store, repo: Path) -> None:
     """`feast apply` in-process: Feast imports the repo's modules by name from the cwd."""
-    import sys
-
     from feast.repo_operations import apply_total
 
     cwd = os.getcwd()
@@ -168,7 +187,8 @@ def _apply(store, repo: Path) -> None:
         sys.modules.pop(Path(name).stem, None)
     try:
         os.chdir(repo)
-        apply_total(store.config, repo, skip_source_validation=False)
+        with feast_output("feast apply"):
+            apply_total(store.config, repo, skip_source_validation=False)
     finally:
         os.chdir(cwd)
         sys.path.remove(str(repo))
@@ -251,8 +271,9 @@ def _write_repo(raw: RawData, repo: Path, max_history: int, embeddings: np.ndarr
     _apply(store, repo)
     end = datetime.fromtimestamp(int(raw.interactions["timestamp"].max()) + 1, tz=timezone.utc)
     others = [v.name for v in store.list_feature_views() if v.name != "user_history"]
-    store.materialize(start_date=datetime.fromtimestamp(first - 1, tz=timezone.utc) - timedelta(days=1),
-                      end_date=end, feature_views=others)
+    with feast_output("feast materialize"):
+        store.materialize(start_date=datetime.fromtimestamp(first - 1, tz=timezone.utc)
+                          - timedelta(days=1), end_date=end, feature_views=others)
     write_newest_histories(store, history)
     return {"item_text": len(text), "item_embedding": emb.num_rows, "user_history": len(history),
             "users": int(history["user_id"].nunique())}

@@ -246,3 +246,15 @@ def test_llm4msr_knowledge_vectors_are_served_from_the_online_store(tmp_path):
     assert sorted(offline["user_id"]) == ["1", "2"]
     with pytest.raises(DataError, match="1 vectors for 2 keys"):
         push_knowledge(tmp_path / "run", (["a", "b"], np.ones((1, 3))), users)
+
+
+def test_feast_prints_nothing_into_logs_and_keeps_its_lines_at_debug(tmp_path, capfd, caplog):
+    """Off a terminal (pipelines, CI) Feast's coloured per-view lines are not printed."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="hllm.features"):
+        build(tmp_path)
+    out = capfd.readouterr().out
+    assert "\x1b[" not in out and "Materializing" not in out
+    kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feast ")]
+    assert any("Materializing 4 feature views" in m and "\x1b" not in m for m in kept), kept
