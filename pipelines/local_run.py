@@ -9,7 +9,9 @@ environment (hllm installed, no per-task venv), then writes runs/<run-id>/summar
 and report.html, links each step's artifact in as runs/<run-id>/<step>, and points
 runs/latest at the run. kfp.local's task cache lives in runs/.kfp-cache and is shared
 by all runs, so a re-run on unchanged data and code reuses validate, features, train,
-evaluate and export (their steps show `cached: true` in summary.json).
+evaluate and export (their steps show `cached: true` in summary.json). The terminal
+shows a line as each step starts and ends (pipelines.step_log); each step's full log is
+in runs/<run-id>/logs/<step>.log (`-v`: on the terminal as well).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hllm.errors import ConfigError
+from pipelines.step_log import routed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AB_CONFIG = ROOT / "configs" / "ab" / "hllm-rollout.yaml"
@@ -109,8 +112,13 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
               ab_config: str | Path | None = None, registered_name: str | None = None,
               onnx_name: str = "hllm-item-llm", config_file: str = "",
               max_history: int = 50, min_user_interactions: int = 3,
-              caching: bool = True, platform=None, pipeline: str = "hllm") -> LocalRun:
-    """Run a training pipeline (hllm or llm4msr) locally end to end; returns the run and its summary."""
+              caching: bool = True, platform=None, pipeline: str = "hllm",
+              verbose: bool = False) -> LocalRun:
+    """Run a training pipeline (hllm or llm4msr) locally end to end; returns the run and its summary.
+
+    The terminal gets a line per step (pipelines.step_log); each step's full log goes to
+    RUN/logs/<step>.log. verbose: the full logs on the terminal as well.
+    """
     from kfp import local
 
     from hllm.errors import HLLMError
@@ -161,11 +169,13 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
                         report_uri=str(run_dir / "report.html"))
             if pipeline == "hllm":
                 args.update(onnx_name=onnx_name, min_user_interactions=min_user_interactions)
-            build_pipeline(platform)(**args)
+            with routed(run_dir / "logs", verbose=verbose) as step_log:
+                build_pipeline(platform)(**args)
     found = _find_summary(pipeline_root)
     if found is None:
-        raise HLLMError(f"pipeline run {run_id} failed before its report step; task logs above, "
-                        f"artifacts under {pipeline_root}")
+        failed = ", ".join(step_log.failed) or "a step"
+        raise HLLMError(f"pipeline run {run_id} failed before its report step ({failed} "
+                        f"failed); step logs in {run_dir / 'logs'}, artifacts under {pipeline_root}")
     summary = json.loads(found.read_text())
     steps = _assemble(run_dir, pipeline_root, summary)
     if summary["status"] == "rejected":
@@ -252,13 +262,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="default: configs/ab/hllm-rollout.yaml or configs/ab/llm4msr-rollout.yaml")
     p.add_argument("--registered-name", default=None, help="default: the pipeline's name")
     p.add_argument("--no-cache", action="store_true", help="run every step again")
+    p.add_argument("-v", "--verbose", dest="full_logs", action="store_true",
+                   help="every step's full log on the terminal too (always in RUN/logs/)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     run = run_local(args.data, preset=args.preset, config_file=args.config, runs_dir=args.runs,
                     run_id=args.run_id, tracking_uri=args.tracking_uri,
                     ab_config=args.ab_config, registered_name=args.registered_name,
-                    caching=not args.no_cache, pipeline=args.pipeline)
+                    caching=not args.no_cache, pipeline=args.pipeline,
+                    verbose=args.full_logs or getattr(args, "verbose", False))
     print(describe(run))
     return 0 if run.status == "completed" else 1
 

@@ -316,7 +316,7 @@ CACHED_STEPS = ("validate", "features", "train_hllm", "train_sasrec", "evaluate_
 
 @pytest.mark.slow
 def test_local_run_end_to_end_then_cached(toy_data, tmp_path, mlflow_env, registry_names,
-                                         monkeypatch):
+                                         monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
     name = registry_names[0]
@@ -326,6 +326,15 @@ def test_local_run_end_to_end_then_cached(toy_data, tmp_path, mlflow_env, regist
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", canary)
     run = _run(toy_data, tmp_path, registry_names, "e2e-1", mlflow_env)
     _assert_nowhere(canary, tmp_path / "runs", MlflowClient(mlflow_env), name)
+    # The terminal got a start and an end line per step; the full logs are in files.
+    said = capsys.readouterr().out.splitlines()
+    tasks = ("validate-data", "build-features", "train-hllm", "train-sasrec", "evaluate-model",
+             "evaluate-model-2", "export-onnx", "register-model", "gate-model", "report-run")
+    for task in tasks:
+        assert sum(line.endswith(f"  {task} ...") for line in said) == 1, said
+        assert sum(f"  {task} done in " in line for line in said) == 1, said
+        assert "Executing task" in (run.run_dir / "logs" / f"{task}.log").read_text()
+    assert len(said) <= 3 * len(tasks) and not any("{" in line for line in said), said
 
     s = run.summary
     assert s["status"] == "completed", s
@@ -356,6 +365,8 @@ def test_local_run_end_to_end_then_cached(toy_data, tmp_path, mlflow_env, regist
     assert tags["validation.success"] == "true"
 
     again = _run(toy_data, tmp_path, registry_names, "e2e-2", mlflow_env)
+    said = capsys.readouterr().out
+    assert "train-hllm cached" in said and "train-hllm ..." not in said
 
     steps = again.summary["steps"]
     assert [n for n in CACHED_STEPS if not steps[n]["cached"]] == []
