@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from hllm.errors import BusyError
+
+log = logging.getLogger(__name__)
 
 
 def swap_dir(staged: Path, final: Path) -> None:
@@ -41,9 +44,11 @@ def recover_dir(final: Path) -> bool:
 
 
 @contextmanager
-def exclusive(lock_file: Path, what: str) -> Iterator[None]:
+def exclusive(lock_file: Path, what: str, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on `lock_file` for the block, or fail at once naming the holder.
 
+    wait=True: block until the holder is done instead (for work whose result the waiter
+    then reuses, such as a one-time model conversion).
     flock is released by the kernel when the holder dies, so a crashed run never leaves
     a stale lock behind; the file itself (holding the pid) stays.
     """
@@ -54,8 +59,11 @@ def exclusive(lock_file: Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            raise BusyError(f"{lock_file.parent}: another {what} is running there ({holder}); "
-                            "wait for it to finish or use another directory") from None
+            if not wait:
+                raise BusyError(f"{lock_file.parent}: another {what} is running there ({holder}); "
+                                "wait for it to finish or use another directory") from None
+            log.info("waiting for another %s (%s) to finish", what, holder)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}\n")

@@ -63,3 +63,41 @@ def test_conversion_runs_from_an_empty_cache_and_matches_the_shared_one(tmp_path
     assert sorted(p.name for p in fresh.iterdir()) == sorted(p.name for p in shared.iterdir())
     for path in sorted(shared.iterdir()):
         assert digest(fresh / path.name) == digest(path), path.name
+
+
+def test_two_conversions_at_once_convert_once_and_both_get_the_directory(tmp_path, monkeypatch):
+    """A second process (here a thread) asking for the model while the first converts it
+    waits and reuses the result; before, it converted again and deleted the first's
+    finished directory under whoever was reading it."""
+    import threading
+    import time
+
+    import hllm.models.pretrained as pretrained
+    from hllm.config import SMOLLM2
+
+    monkeypatch.setenv("HLLM_CACHE", str(tmp_path / "empty-cache"))
+    calls = []
+
+    def slow_conversion(gguf, out):
+        calls.append(out)
+        time.sleep(0.5)  # long enough for the second caller to arrive mid-conversion
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(pretrained, "gguf_to_hf", slow_conversion)
+    got, errors = [], []
+
+    def ask():
+        try:
+            got.append(pretrained.resolve_model_dir(SMOLLM2))
+        except Exception as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(calls) == 1
+    assert got[0] == got[1] and (got[0] / "model.safetensors").read_bytes() == b"weights"

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from hllm import storage
+from hllm.atomic import exclusive
 from hllm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -145,24 +146,29 @@ def packaged_model_dir(model: PackagedModel) -> Path:
     if (target / "config.json").is_file() and any(target.glob("model*.safetensors")):
         return target
     parts, sums = packaged_files(model)  # a missing package fails before anything is written
-    log.info("converting %s to a Hugging Face directory (one time, ~%d min)", model.gguf,
-             model.minutes)
-    start = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
-        if sums is None:
-            gguf = parts[0]  # one unchecked file: read in place from the package
-        else:  # joined in the cache next to the output; removed with it, on failure too
-            gguf = join_parts(parts, tmp / "gguf" / model.gguf, listed_sha256(sums, model.gguf),
-                              sums)
-        gguf_to_hf(gguf, tmp / "hf")
-        if target.exists():
-            shutil.rmtree(target)
-        (tmp / "hf").rename(target)  # atomic: a crash never leaves a half-written model dir
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # the joined GGUF goes too
-    log.info("wrote %s in %.0f s", target, time.perf_counter() - start)
+    # Two processes converting at once would delete each other's finished directory under
+    # a reader: the second waits, then finds the first's result.
+    with exclusive(target.parent / f".{model.name}.lock", f"conversion of {model.name}",
+                   wait=True):
+        if (target / "config.json").is_file() and any(target.glob("model*.safetensors")):
+            return target
+        log.info("converting %s to a Hugging Face directory (one time, ~%d min)", model.gguf,
+                 model.minutes)
+        start = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        try:
+            if sums is None:
+                gguf = parts[0]  # one unchecked file: read in place from the package
+            else:  # joined in the cache next to the output; removed with it, on failure too
+                gguf = join_parts(parts, tmp / "gguf" / model.gguf,
+                                  listed_sha256(sums, model.gguf), sums)
+            gguf_to_hf(gguf, tmp / "hf")
+            if target.exists():  # a half-made directory from before the lock existed
+                shutil.rmtree(target)
+            (tmp / "hf").rename(target)  # atomic: a crash never leaves a half-written model dir
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # the joined GGUF goes too
+        log.info("wrote %s in %.0f s", target, time.perf_counter() - start)
     return target
 
 
