@@ -42,8 +42,10 @@ run: $(STAMP)
 	$(BIN)/hllm pipeline run --local --pipeline $(PIPELINE) --data $(DATA) --preset $(PRESET) \
 		$(if $(CONFIG),--config $(CONFIG))
 
+# Two workers (one torch thread each, tests/conftest.py), a test file per worker at a time so
+# module fixtures are built once: most tests wait on subprocess start-up, not on the cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/item_batches.py --data $(DATA)

@@ -26,17 +26,16 @@ AB = ROOT / "configs/ab/llm4msr-rollout.yaml"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, ml100k_300):
-    """STAR alone and STAR + LLM4MSR, trained once on ml-100k's first 300 users with the
-    tiny preset (what is tested is the platform around the models, not their quality)."""
+def runs(tmp_path_factory):
+    """STAR alone and STAR + LLM4MSR, trained once on ml-100k with the tiny preset."""
     root = tmp_path_factory.mktemp("msr-runs")
     cfg = load_msr_config("cpu-tiny", overrides={"train.epochs": 2})
-    out = {"data": ml100k_300}
+    out = {}
     for name, llm4msr in (("star", False), ("llm4msr", True)):
         out[name] = root / name
-        train_run(cfg, str(ml100k_300), out[name], llm4msr=llm4msr, progress=False)
+        train_run(cfg, str(ML100K), out[name], llm4msr=llm4msr, progress=False)
     out["validation"] = root / "validation"
-    assert validate_msr(str(ml100k_300), out["validation"]).success
+    assert validate_msr(str(ML100K), out["validation"]).success
     return out
 
 
@@ -44,8 +43,7 @@ def test_saved_run_reloads_and_reproduces_test_predictions(runs):
     for name in ("star", "llm4msr"):
         run = load_run(runs[name])
         saved = np.load(runs[name] / "test_predictions.npz")
-        rows = __import__("hllm.msr.data", fromlist=["load_rows"]).load_rows(str(runs["data"]),
-                                                                            run.config.data)
+        rows = __import__("hllm.msr.data", fromlist=["load_rows"]).load_rows(str(ML100K), run.config.data)
         probs = run.predict(rows.splits["test"][["user_id", "item_id", "scenario"]])
         np.testing.assert_allclose(probs, saved["probability"], rtol=1e-5, atol=1e-6)
         assert auc(saved["label"], saved["probability"]) == pytest.approx(run.metrics["auc"], abs=1e-12)
@@ -131,7 +129,7 @@ def test_register_gate_and_explain_against_real_mlflow(runs, mlflow_env, tmp_pat
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
     run = load_run(runs["llm4msr"])
-    test = load_rows(str(runs["data"]), run.config.data).splits["test"].head(500)
+    test = load_rows(str(ML100K), run.config.data).splits["test"].head(500)
     got = model.predict(test[["user_id", "item_id", "scenario"]].astype(str))["probability"].to_numpy()
     saved = np.load(runs["llm4msr"] / "test_predictions.npz")["probability"][:500]
     np.testing.assert_allclose(got, saved, rtol=1e-5, atol=1e-6)
