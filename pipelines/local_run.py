@@ -154,7 +154,9 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
                 else embedded_services(runs / ".services" / run_id))
     with services as svc:
         uri = tracking_uri or svc.tracking_uri
-        env = {"MLFLOW_TRACKING_URI": uri, **(svc.env if svc else {})}
+        # Unbuffered: a step's log lines reach RUN/logs and the progress lines as they are
+        # written, not in one block when the step's process exits.
+        env = {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1", **(svc.env if svc else {})}
         with _environ(env), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             # Resources, GPUs and secrets are cluster settings; kfp.local says so per task.
