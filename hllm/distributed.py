@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ def init_distributed() -> Dist:
         if backend == "nccl":
             torch.cuda.set_device(local)
         dist.init_process_group(backend)
+    if rank != 0:  # every rank would repeat rank 0's INFO lines; warnings still show
+        logging.getLogger("hllm").setLevel(logging.WARNING)
     return Dist(rank, world, local)
 
 

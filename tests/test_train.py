@@ -119,9 +119,12 @@ def test_ddp_two_gloo_processes_match_one_process(toy_data, tmp_path):
     subprocess.run([sys.executable, "-m", "hllm.cli", "train", *common, "--out", str(single),
                     "--set", "train.batch_size=8"], check=True, env=env, cwd=ROOT)
     ddp = tmp_path / "ddp"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                    "--master-port", str(free_port()), "-m", "hllm.cli", "train", *common, "--out", str(ddp),
-                    "--set", "train.batch_size=4"], check=True, env=env, cwd=ROOT)
+    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(free_port()), "-m", "hllm.cli", "train", *common,
+                          "--out", str(ddp), "--set", "train.batch_size=4"],
+                         check=True, env=env, cwd=ROOT, capture_output=True, text=True)
+    # Only rank 0 logs INFO: the setup line once, not once per rank.
+    assert ran.stderr.count("steps/epoch on cpu x2") == 1, ran.stderr[-3000:]
     a = load_file(str(single / "checkpoint" / "model.safetensors"))
     b = load_file(str(ddp / "checkpoint" / "model.safetensors"))
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
