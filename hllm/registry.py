@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hllm import lineage, tracking
-from hllm.errors import ConfigError, DataError, HLLMError
+from hllm.errors import ConfigError, DataError, HLLMError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ class _Rollback:
         self.client = client
         self.what = what
         self.steps: list[tuple[str, Any]] = []
+        self.left: list[str] = []  # writes the undo could not take back (server gone)
 
     def __enter__(self) -> "_Rollback":
         return self
@@ -266,7 +268,14 @@ class _Rollback:
         if exc is None:
             return False
         self.undo()
-        if isinstance(exc, HLLMError) or not isinstance(exc, Exception):
+        if not isinstance(exc, Exception):
+            return False
+        if self.left:  # never claim a rollback that did not happen: say what is left
+            raise RegistryError(
+                f"{self.what} failed ({first_line(exc)}) and could not be fully rolled back; "
+                f"still in the registry: {'; '.join(self.left)}. Delete them, or register "
+                "again once the server answers") from exc
+        if isinstance(exc, HLLMError):
             return False
         raise RegistryError(f"{self.what} failed and was rolled back: {exc}") from exc
 
@@ -323,6 +332,17 @@ class _Rollback:
                         self.client.delete_registered_model(what)
             except Exception as exc:  # noqa: BLE001 - keep undoing the rest
                 log.error("rollback step %s %s failed: %s", kind, what, exc)
+                self.left.append(_describe_step(kind, what))
+
+
+def _describe_step(kind: str, what: Any) -> str:
+    if kind == "alias":
+        name, previous, mine = what
+        return (f"alias {name}@{ALIAS} -> version {mine} (was "
+                f"{'unset' if previous is None else 'version ' + previous})")
+    if kind == "version":
+        return f"model version {what[0]} {what[1]}"
+    return f"registered model {what}"
 
 
 def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-item-llm", *,
@@ -336,6 +356,8 @@ def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-ite
 
     run_dir = Path(run_dir)
     uri = _tracking_uri(run_dir, tracking_uri)
+    for key, value in tracking.REGISTRY_HTTP_DEFAULTS.items():  # seconds, not minutes, of retries
+        os.environ.setdefault(key, value)
     tracking.check_server(uri)
     with tempfile.TemporaryDirectory(prefix="hllm-register-") as tmp:
         workdir = Path(tmp)

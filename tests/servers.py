@@ -29,7 +29,8 @@ class FaultyProxy:
     """An HTTP proxy on 127.0.0.1 in front of `upstream` that answers 503 SlowDown to the
     requests `fail(method, path, n)` picks (n counts every request so far, from 0).
 
-    Real sockets and a real server behind it: what a flaky S3 endpoint looks like to boto3.
+    Real sockets and a real server behind it: what a flaky S3 endpoint looks like to boto3,
+    or, refusing everything from some request on, an MLflow server that died there.
     """
 
     def __init__(self, upstream: str, fail):
@@ -51,8 +52,11 @@ class FaultyProxy:
             def _handle(self):
                 import http.client
 
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = self._read_chunked()  # requests sends an empty file this way
+                else:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(length) if length else None
                 with proxy.lock:
                     n = len(proxy.requests)
                     proxy.requests.append((self.command, self.path))
@@ -69,7 +73,8 @@ class FaultyProxy:
                     return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
                                                   timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "transfer-encoding")}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -83,7 +88,15 @@ class FaultyProxy:
                     self.wfile.write(data)
                 conn.close()
 
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+            def _read_chunked(self) -> bytes:
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()  # the CRLF after each chunk
+                self.rfile.readline()  # the CRLF after the last, empty chunk
+                return body
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = _handle
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -181,7 +181,10 @@ def test_explain_cli_reports_behaviour_summary_and_top_layer(runs, capsys):
     layers = set(out["weights"])
     assert layers == {"user-meta-1", "scenario-meta-1", "scenario-meta-2"}
     assert out["top_layer"] == max(layers, key=lambda k: out["weights"][k]["all"])
-    assert all(v["all"] > 0 for v in out["weights"].values())
+    # A meta layer is relu(hW + b): one that trained dead adds nothing and is reported as 0
+    # (seen with one torch thread per test worker); the top layer always weighs something.
+    assert all(v["all"] >= 0 for v in out["weights"].values())
+    assert out["weights"][out["top_layer"]]["all"] > 0
     assert sum(out["rows"].values()) >= 272  # user 1 rated 272 films in ml-100k
     # Deterministic: the same question gives the same generated text (asked here through
     # `hllm msr explain`, the spelling beside the other MSR steps).

@@ -302,3 +302,37 @@ def test_a_failed_registers_undo_never_moves_a_concurrent_registers_alias(mlflow
     alone.undo()
     with pytest.raises(Exception, match="not found|RESOURCE_DOES_NOT_EXIST"):
         client.get_registered_model(other)
+
+
+def test_server_gone_between_the_version_and_the_alias_says_what_is_left(
+        tracked_run, mlflow_env, monkeypatch):
+    """The tracking server dies after the version exists and before `challenger` moves to
+    it (a proxy in front of the real server refuses everything from the alias request on):
+    the error names the version it could not take back, and that is exactly what remains."""
+    from mlflow.tracking import MlflowClient
+
+    from hllm.registry import RegistryError, register
+    from servers import FaultyProxy
+
+    monkeypatch.setenv("HLLM_CACHE", str(tracked_run["cache"]))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a dead server needs no retries
+    name = "hllm-server-gone"
+    client = MlflowClient(mlflow_env)
+    kept = register(tracked_run["run"], name, onnx=False).versions[0].version
+    dead = {"since": None}
+
+    def gone(method: str, path: str, n: int) -> bool:
+        if dead["since"] is None and method == "POST" and path.endswith("/registered-models/alias"):
+            dead["since"] = n
+        return dead["since"] is not None
+
+    with FaultyProxy(mlflow_env, gone) as proxy:
+        with pytest.raises(RegistryError) as info:
+            register(tracked_run["run"], name, onnx=False, tracking_uri=proxy.url)
+    message = str(info.value)
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    assert versions == [int(kept), int(kept) + 1]  # the new version is still there ...
+    assert f"still in the registry: model version {name} {int(kept) + 1}. " in message
+    assert "rolled back:" not in message and "alias" not in message.split("still in")[1]
+    # ... and challenger never moved to it: the error claims nothing that did not happen
+    assert client.get_model_version_by_alias(name, "challenger").version == kept
