@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check the data with Great Expectations; exit 1 on failure")
     p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
     p.add_argument("--out", required=True, help="directory for validation.json and validation.html")
-    p.add_argument("--min-user-interactions", type=int, default=3)
+    p.add_argument("--min-user-interactions", type=int, default=3,
+                   help="fewest interactions a user may have (default 3: leave-one-out needs 3)")
     p.add_argument("--text-coverage", type=_share, default=0.9,
                    help="minimum share of items with a non-empty value in each text field: "
                         "0.9 or 90%% (default 0.9)")
@@ -321,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--model", default="hllm", choices=["hllm", "sasrec"])
+    p.add_argument("--model", default="hllm", choices=["hllm", "sasrec"],
+                   help="hllm (default) or the SASRec ID baseline")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--tracking-uri", help="log the finished run to this MLflow server "
                    "(default: $MLFLOW_TRACKING_URI; unset = no tracking)")
@@ -353,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("compare", help="print a Markdown table of runs' test metrics")
-    p.add_argument("runs", nargs="+")
+    p.add_argument("runs", nargs="+", help="run directories; the first is compared with each other")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("gate", help="promote a challenger to champion if it beat it offline")
@@ -371,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("msr", help=f"LLM4MSR multi-scenario CTR: {' | '.join(MSR_STEPS)}",
                        add_help=False)
     p.add_argument("-h", "--help", action="store_true", help="list the steps, or one step's options")
-    p.add_argument("step", nargs="?", choices=MSR_STEPS)
+    p.add_argument("step", nargs="?", choices=MSR_STEPS, help="the MSR step to run")
     p.add_argument("rest", nargs=argparse.REMAINDER,
                    help="--data PATH [--config YAML] [--out DIR] ... (hllm msr STEP --help)")
     p.set_defaults(func=cmd_msr)
@@ -388,16 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ab", help="A/B experiment configs")
     asub = p.add_subparsers(dest="ab_command", required=True)
     p = asub.add_parser("validate", help="check one config (and its layer against others)")
-    p.add_argument("config")
+    p.add_argument("config", help="the A/B experiment YAML to check")
     p.add_argument("--others", help="directory of the other experiments' configs (layer check)")
     p.set_defaults(func=cmd_ab_validate)
 
     p = sub.add_parser("recommend", help="top-k items for one user, routed by the A/B config")
-    p.add_argument("--user", required=True)
-    p.add_argument("--ab-config", required=True)
+    p.add_argument("--user", required=True, help="raw user id")
+    p.add_argument("--ab-config", required=True, help="A/B experiment YAML (arms, split, ramp)")
     p.add_argument("--feature-repo", help="read the history from this Feast repo's online store")
     p.add_argument("--data", help="or from this dataset")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     p.add_argument("--ramp-percent", type=float, help="current ramp stage's treatment share")
     p.set_defaults(func=cmd_recommend)
     return parser

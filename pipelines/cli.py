@@ -69,30 +69,33 @@ def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="pipeline_command", required=True)
 
     p = sub.add_parser("compile", help="write the pipeline's IR YAML")
-    p.add_argument("--pipeline", default="hllm", choices=("hllm", "llm4msr"))
+    p.add_argument("--pipeline", default="hllm", choices=("hllm", "llm4msr"),
+                   help="hllm: HLLM + SASRec (default); llm4msr: multi-scenario CTR")
     p.add_argument("--out", default=None, help="default: hllm-training.yaml / llm4msr-training.yaml")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run the whole pipeline on this machine (kfp.local)")
-    p.add_argument("--local", action="store_true", required=True)
+    p.add_argument("--local", action="store_true", required=True,
+                   help="run with kfp.local on this machine (required: `submit` targets a cluster)")
     add_run_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="create a run on a Kubeflow Pipelines server")
     p.add_argument("--host", required=True, help="KFP API endpoint")
-    p.add_argument("--namespace", default=None)
+    p.add_argument("--namespace", default=None, help="Kubeflow namespace (default: the client's)")
     p.add_argument("--package", help="a compiled IR YAML (default: compile now)")
     p.add_argument("--data", required=True, help="dataset URI as the pods see it (s3://...)")
-    p.add_argument("--pipeline", default="hllm", choices=("hllm", "llm4msr"))
+    p.add_argument("--pipeline", default="hllm", choices=("hllm", "llm4msr"),
+                   help="hllm: HLLM + SASRec (default); llm4msr: multi-scenario CTR")
     p.add_argument("--preset", default=None, help="default: hllm-1b (hllm), cpu-default (llm4msr)")
     p.add_argument("--ab-config", default=None,
                    help="path inside the image (default: configs/ab/<pipeline>-rollout.yaml)")
     p.add_argument("--registered-name", default=None, help="default: hllm / llm4msr")
     p.add_argument("--tracking-uri", required=True, help="MLflow as the pods reach it")
     p.add_argument("--params", help='more pipeline parameters as JSON, e.g. \'{"max_history": 50}\'')
-    p.add_argument("--experiment", default="hllm")
-    p.add_argument("--run-name", default=None)
-    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--experiment", default="hllm", help="KFP experiment the run is filed under")
+    p.add_argument("--run-name", default=None, help="default: KFP names the run")
+    p.add_argument("--no-cache", action="store_true", help="run every step again on the cluster")
     p.set_defaults(func=cmd_submit)
     return parser
 

@@ -252,7 +252,8 @@ def describe(run: LocalRun) -> str:
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "ml-100k"))
+    p.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "ml-100k"),
+                   help="dataset directory (default: ../shared/data/ml-100k)")
     p.add_argument("--pipeline", default="hllm", choices=PIPELINES,
                    help="hllm: HLLM + SASRec (the default); llm4msr: multi-scenario CTR")
     p.add_argument("--preset", default="cpu-default", help="a preset of the chosen pipeline's models")

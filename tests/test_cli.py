@@ -171,3 +171,24 @@ def test_msr_help_lists_the_steps_and_hllm_has_a_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("hllm 0.")
+
+
+def test_every_option_and_argument_has_a_help_line():
+    import argparse
+
+    from hllm.cli import build_parser
+    from hllm.msr.__main__ import build_parser as msr_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, prog: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{prog} {name}")
+            elif not action.help:
+                missing.append(f"{prog} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "hllm")
+    walk(msr_parser(), "hllm msr")
+    assert missing == []

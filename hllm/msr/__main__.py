@@ -57,10 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--data", required=True, help="dataset directory (RecBole atomic, local or s3://)")
         p.add_argument("--config", default=None, help="YAML naming a `base` MSR preset")
-        p.add_argument("--preset", default=None)
-        p.add_argument("--set", action="append", default=[], metavar="section.key=value")
-        p.add_argument("--device", default="cpu")
-        p.add_argument("--out", default=None)
+        p.add_argument("--preset", default=None, help="an MSR preset (default cpu-default)")
+        p.add_argument("--set", action="append", default=[], metavar="section.key=value",
+                       help="override one setting; repeatable")
+        p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+        p.add_argument("--out", default=None, help="directory the step writes to")
         return p
 
     data_step("stats", "rows, users, items and positive rate per split and scenario")
@@ -78,15 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", default=None,
                    help="comma list of star, mmoe, shared-bottom, ple; e.g. star,mmoe")
     p = sub.add_parser("evaluate", help="score a saved run again; rewrites its evaluation files")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="run directory from `hllm msr train`")
     p.add_argument("--data", default=None, help="default: the dataset the run was trained on")
     p.add_argument("--out", default=None, help="default: the run directory")
     p = sub.add_parser("register", help="log a run to MLflow and register it as challenger")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="run directory from `hllm msr train`")
     p.add_argument("--name", default="llm4msr", help="registered model name")
     p.add_argument("--validation", help="validation report (directory or validation.json)")
     p.add_argument("--feature-repo", help="Feast repo whose view versions are tagged")
-    p.add_argument("--pipeline-run-id")
+    p.add_argument("--pipeline-run-id", help="tagged on the version (lineage)")
     p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
     add_explain_arguments(sub.add_parser(
         "explain", help="a user's knowledge summary and which meta layer weighed most"))
