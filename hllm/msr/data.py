@@ -183,12 +183,20 @@ def read_msr_table(raw: RawData, cfg: MSRDataConfig = MSRDataConfig()) -> MSRRow
     return _finish(rows, users, raw.items, scenarios, cfg, raw.files, "column")
 
 
-def _checked_labels(values: pd.Series, path: str) -> pd.Series:
+def _label_problem(values: pd.Series) -> tuple[pd.Series, str | None]:
+    """(labels as read, NaN where unreadable; the problem naming the first bad row, if any)."""
     labels = parse_labels(values)
     bad = labels.isna().to_numpy().nonzero()[0]
-    if len(bad):
-        raise DataError(f"{path}: column 'label' must be {SPELLINGS}; {len(bad)} row(s) are not, "
-                        f"first at data row {bad[0] + 1} ({values.iloc[bad[0]]!r})")
+    if not len(bad):
+        return labels, None
+    return labels, (f"column 'label' must be {SPELLINGS}; {len(bad)} row(s) are not, first at "
+                    f"data row {bad[0] + 1} ({values.iloc[bad[0]]!r})")
+
+
+def _checked_labels(values: pd.Series, path: str) -> pd.Series:
+    labels, problem = _label_problem(values)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     return labels.astype(np.int64)
 
 
@@ -205,11 +213,9 @@ def check_msr_rows(frame: pd.DataFrame, path: str) -> pd.DataFrame:
     if len(empty):
         problems.append(f"column 'scenario' is empty in {len(empty)} row(s), first at data row "
                         f"{empty[0] + 1}")
-    label = parse_labels(frame["label"])
-    bad = label.isna().to_numpy().nonzero()[0]
-    if len(bad):
-        problems.append(f"column 'label' must be {SPELLINGS}; {len(bad)} row(s) are not, first "
-                        f"at data row {bad[0] + 1} ({frame['label'].iloc[bad[0]]!r})")
+    label, problem = _label_problem(frame["label"])
+    if problem:
+        problems.append(problem)
     if problems:
         raise DataError(f"{path}: " + "; ".join(problems))
     out = frame.copy()
