@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from hllm.cli_help import add_set_argument
 from hllm.config import load_config, parse_set
 from hllm.evaluate import user_ranks
 from hllm.item_cache import load_or_compute_item_cache
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu-default")
     parser.add_argument("--batch-items", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_set_argument(parser)
     args = parser.parse_args()
 
     cfg = load_config(args.preset, None, parse_set(args.set))

@@ -55,6 +55,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hllm.cli_help import add_set_argument  # noqa: E402
 from hllm import storage  # noqa: E402
 from hllm.atomic import swap_dir  # noqa: E402
 from hllm.config import Config, load_config, parse_set  # noqa: E402
@@ -301,8 +302,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="preset for the HLLM row (cpu-default, hllm-1b, ...)")
     parser.add_argument("--out", default=f"runs/ml1m-{time.strftime('%Y%m%d-%H%M%S')}",
                         help="run directory; each model trains into OUT/<model>")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override for every model, after the protocol (repeatable)")
+    add_set_argument(parser)
     parser.add_argument("--resume", action="store_true", help="continue the runs under --out")
     parser.add_argument("--cache", type=Path, help="default: $HLLM_CACHE (~/.cache/hllm)")
     args = parser.parse_args(argv)

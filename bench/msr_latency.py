@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hllm.cli_help import add_set_argument  # noqa: E402
 from hllm.config import parse_set  # noqa: E402
 from hllm.msr.config import load_msr_config  # noqa: E402
 from hllm.msr.data import encode, load_rows  # noqa: E402
@@ -31,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="../shared/data/ml-100k")
     parser.add_argument("--config", default="configs/msr/cpu-default.yaml")
-    parser.add_argument("--set", action="append", default=[])
+    add_set_argument(parser)
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(1)  # one request, one core: how a CTR server is usually sized

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hllm.cli_help import add_set_argument
 from hllm.config import load_config, parse_set
 from hllm.evaluate import metrics_from_ranks, user_ranks
 from hllm.models.item_llm import ItemLLM
@@ -94,7 +95,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ml-100k")
     parser.add_argument("--preset", default="cpu-default")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_set_argument(parser)
     parser.add_argument("--run", help="HLLM run dir: export its Item LLM, report fp16/int8 "
                         "diffs and the test recall change with ONNX item tables")
     parser.add_argument("--items", type=int, default=512,

@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from hllm.cli_help import add_set_argument
 from hllm.config import Config, load_config, parse_set
 from hllm.train import Trainer
 
@@ -567,8 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer layer")
     p.add_argument("--fsdp", action="store_true", help="train.strategy=fsdp (under torchrun)")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s per device")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config override, as for hllm train")
+    add_set_argument(p)
     p.add_argument("--derive-memory", action="store_true",
                    help="print the per-rank memory formula for hllm-1b and hllm-7b and calibrate "
                         "it (max_memory_allocated on a GPU; --calibrate-cpu without one)")

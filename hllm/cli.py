@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from hllm.cli_help import add_set_argument, attach_examples
 from hllm.errors import HLLMError
 
 log = logging.getLogger("hllm")
@@ -31,8 +32,7 @@ log = logging.getLogger("hllm")
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="named preset: cpu-tiny, cpu-default, cpu-finetune, hllm-1b, hllm-7b")
     p.add_argument("--config", help="YAML file overriding a preset (its `base:` names the preset)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
+    add_set_argument(p)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -402,7 +402,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     p.add_argument("--ramp-percent", type=float, help="current ramp stage's treatment share")
     p.set_defaults(func=cmd_recommend)
+    attach_examples(parser, EXAMPLES)
     return parser
+
+
+# The last line of each command's --help; every one runs as written from the repository root
+# (`pipeline ...` examples sit with their parser in pipelines/cli.py, `msr ...` in hllm/msr).
+EXAMPLES = {
+    "validate": "hllm validate --data ../shared/data/ml-100k --out runs/validation",
+    "features build": "hllm features build --data ../shared/data/ml-100k --run runs/features",
+    "features add-items": "hllm features add-items new_items.csv --run runs/features",
+    "train": "hllm train --preset cpu-default --data ../shared/data/ml-100k --out runs/hllm",
+    "register": "hllm register --run runs/hllm --feature-repo runs/features",
+    "evaluate": "hllm evaluate --run runs/hllm",
+    "export-onnx": "hllm export-onnx --run runs/hllm --precision fp32 int8",
+    "compare": "hllm compare runs/hllm runs/sasrec",
+    "gate": "hllm gate --challenger challenger --ab-config configs/ab/hllm-rollout.yaml "
+            "--baseline runs/sasrec",
+    "explain": "hllm explain --run runs/msr/llm4msr --user 1",
+    "rollback": "hllm rollback --ab-config configs/ab/hllm-rollout.yaml",
+    "ab validate": "hllm ab validate configs/ab/hllm-rollout.yaml --others configs/ab/",
+    "recommend": "hllm recommend --user 196 --ab-config configs/ab/hllm-rollout.yaml "
+                 "--feature-repo runs/features",
+}
 
 
 # No space left, over quota, or over the file-size limit.

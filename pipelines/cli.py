@@ -63,6 +63,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
     """Add `pipeline {compile,run,submit}` to an argparse subparsers object."""
+    from hllm.cli_help import attach_examples
     from pipelines.local_run import add_run_args
 
     parser = subparsers.add_parser("pipeline", help="compile, run locally or submit the pipeline")
@@ -97,6 +98,12 @@ def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--run-name", default=None, help="default: KFP names the run")
     p.add_argument("--no-cache", action="store_true", help="run every step again on the cluster")
     p.set_defaults(func=cmd_submit)
+    attach_examples(parser, {
+        "compile": "hllm pipeline compile --out hllm-training.yaml",
+        "run": "hllm pipeline run --local --data ../shared/data/ml-100k --preset cpu-default",
+        "submit": "hllm pipeline submit --host https://kfp.example.com --data s3://datasets/ml-100k"
+                  " --preset hllm-1b --tracking-uri http://mlflow.mlflow:5000",
+    })
     return parser
 
 

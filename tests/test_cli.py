@@ -192,3 +192,43 @@ def test_every_option_and_argument_has_a_help_line():
     walk(build_parser(), "hllm")
     walk(msr_parser(), "hllm msr")
     assert missing == []
+
+
+def test_every_command_help_ends_with_an_example_that_parses():
+    """Each command's --help ends with one example, and that example is a valid command
+    line for the parser it documents (so renaming an option breaks this test, not a user)."""
+    import shlex
+
+    from hllm.cli import build_parser
+    from hllm.cli_help import commands
+    from hllm.msr.__main__ import build_parser as msr_parser
+
+    checked, problems = 0, []
+    for prog, parser, skip in (("hllm", build_parser(), 1), ("hllm msr", msr_parser(), 2)):
+        for path, leaf in commands(parser):
+            if prog == "hllm" and path == "msr":
+                continue  # its help is `hllm msr`'s own, checked in the second round
+            tail = leaf.format_help().rstrip().splitlines()
+            example = tail[-1].strip()
+            if tail[-2:-1] != ["example:"] or not example.startswith(f"{prog} {path} "):
+                problems.append(f"{prog} {path}: help ends with {tail[-1]!r}")
+                continue
+            try:
+                parser.parse_args(shlex.split(example)[skip:])
+            except SystemExit:
+                problems.append(f"{prog} {path}: its example does not parse: {example}")
+            checked += 1
+    assert problems == []
+    assert checked >= 24  # 16 `hllm` commands besides msr, 8 msr steps
+
+
+def test_one_spelling_of_set_everywhere():
+    from hllm.cli import build_parser
+    from hllm.cli_help import SET_METAVAR, commands
+    from hllm.msr.__main__ import build_parser as msr_parser
+
+    spellings = {action.metavar
+                 for parser in (build_parser(), msr_parser())
+                 for _, leaf in commands(parser)
+                 for action in leaf._actions if "--set" in action.option_strings}
+    assert spellings == {SET_METAVAR}

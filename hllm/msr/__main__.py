@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from hllm import strict_json
+from hllm.cli_help import add_set_argument, attach_examples
 from hllm.config import parse_set
 from hllm.errors import HLLMError
 from hllm.msr.config import load_msr_config
@@ -58,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True, help="dataset directory (RecBole atomic, local or s3://)")
         p.add_argument("--config", default=None, help="YAML naming a `base` MSR preset")
         p.add_argument("--preset", default=None, help="an MSR preset (default cpu-default)")
-        p.add_argument("--set", action="append", default=[], metavar="section.key=value",
-                       help="override one setting; repeatable")
+        add_set_argument(p)
         p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
         p.add_argument("--out", default=None, help="directory the step writes to")
         return p
@@ -91,7 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
     add_explain_arguments(sub.add_parser(
         "explain", help="a user's knowledge summary and which meta layer weighed most"))
+    attach_examples(parser, EXAMPLES)
     return parser
+
+
+# The last line of each step's --help; each runs as written from the repository root.
+EXAMPLES = {
+    "stats": "hllm msr stats --data ../shared/data/ml-100k",
+    "validate": "hllm msr validate --data ../shared/data/ml-100k --out runs/msr/validation",
+    "knowledge": "hllm msr knowledge --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml"
+                 " --out runs/msr/knowledge",
+    "train": "hllm msr train --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml"
+             " --knowledge runs/msr/knowledge --out runs/msr/llm4msr",
+    "compare": "hllm msr compare --data ../shared/data/ml-100k --backbones star,mmoe --out runs/msr.json",
+    "evaluate": "hllm msr evaluate --run runs/msr/llm4msr",
+    "register": "hllm msr register --run runs/msr/llm4msr --validation runs/msr/validation",
+    "explain": "hllm msr explain --run runs/msr/llm4msr --user 1",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
