@@ -250,9 +250,38 @@ def quantize_int8_mlp(src: Path, dst: Path) -> None:
     if not chosen:
         raise ConfigError(f"{src}: no MLP input projections ({', '.join(MLP_INPUT_MATMULS)}) "
                           "among the graph's MatMuls; use precision int8 for this model")
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     nodes_to_exclude=[n for n in matmuls if n not in chosen],
-                     op_types_to_quantize=["MatMul"], use_external_data_format=True)
+    advice = _DropMessage("consider to run pre-processing")  # a model-zoo hint, not for us
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=[n for n in matmuls if n not in chosen],
+                         op_types_to_quantize=["MatMul"], use_external_data_format=True)
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+def external_data_files(graph: Path) -> list[str]:
+    """The weight files a graph names beside itself (they ship with it), made as readable as
+    the graph: onnxruntime's quantizer writes them 0600 through a temporary file, which a
+    server running as another user then cannot open."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(graph), load_external_data=False)
+    names = sorted({ExternalDataInfo(t).location for t in model.graph.initializer
+                    if uses_external_data(t)})
+    for name in names:
+        (graph.parent / name).chmod(graph.stat().st_mode & 0o777)
+    return names
 
 
 def _large(model: Any) -> bool:
@@ -321,6 +350,7 @@ def export_item_llm_model(item_llm: ItemLLM, out_dir: str | Path,
         quantize_int8_mlp(fp32, out / FILES["int8-mlp"])
         files["int8-mlp"] = FILES["int8-mlp"]
     seconds = time.perf_counter() - t0
+    external = {name: data for name, file in files.items() if (data := external_data_files(out / file))}
     tokens = list(parity_tokens) if parity_tokens is not None else item_llm.tokenize(SAMPLE_TEXTS)
     with torch.no_grad():
         reference = item_llm.encode_all(tokens, device=torch.device("cpu"), progress=False).numpy()
@@ -350,6 +380,7 @@ def export_item_llm_model(item_llm: ItemLLM, out_dir: str | Path,
         "opset": opset,
         "exporter": "torchscript",
         "files": files,
+        "external_data": external,
         "tokenizer": save_tokenizer(item_llm, out),
         "text": {"prompt": item_llm.cfg.prompt, "field_separator": item_llm.cfg.field_separator,
                  "max_text_len": item_llm.cfg.max_text_len},

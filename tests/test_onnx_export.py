@@ -67,6 +67,17 @@ def test_tiny_export_matches_pytorch(tmp_path, arch, pooling):
     assert np.abs(got - reference.numpy()).max() <= 1e-4
 
 
+def test_manifest_lists_external_weight_files_readable_like_their_graph(tmp_path, caplog):
+    """int8-mlp's quantizer writes its weights to a side file, 0600 through a temp file: the
+    manifest names it and it gets the graph's mode, so a server under another user reads it."""
+    with caplog.at_level("WARNING"):
+        manifest = export_item_llm_model(tiny_item_llm(), tmp_path, ["fp32", "int8-mlp"])
+    assert manifest["external_data"] == {"int8-mlp": ["item_llm.int8-mlp.onnx.data"]}
+    graph_mode = (tmp_path / "item_llm.int8-mlp.onnx").stat().st_mode & 0o777
+    assert (tmp_path / "item_llm.int8-mlp.onnx.data").stat().st_mode & 0o777 == graph_mode
+    assert "pre-processing" not in caplog.text  # onnxruntime's model-zoo hint is dropped
+
+
 def test_item_token_slot_is_in_the_graph(tmp_path):
     """The learned [ITEM] vector is exported: changing it changes the ONNX output."""
     model = tiny_item_llm()
