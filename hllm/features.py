@@ -38,6 +38,7 @@ from hllm.data.item_text import item_prompt
 from hllm.data.readers import RawData, read_dataset, read_item_table
 from hllm.data.split import time_ordered
 from hllm.errors import ConfigError, DataError, HLLMError, SaveError, first_line
+from hllm.progress import Progress
 from hllm.validation import ValidationConfig, validate_dataset
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 REPO_TEMPLATE = Path(__file__).resolve().parents[1] / "feature_repo"
 REPO_FILES = ("feature_store.yaml", "features.py")
 MANIFEST = "hllm_features.json"  # what the repo was built from, and with which Item LLM
+ONLINE_WRITE_ROWS = 10_000  # user_history rows per online write (a progress line between)
 
 
 def item_llm_embeddings(data: str, preset: str) -> tuple[list[str], np.ndarray]:
@@ -148,7 +150,7 @@ def user_history_table(raw: RawData, max_len: int) -> pd.DataFrame:
     return frame
 
 
-def write_newest_histories(store, history: pd.DataFrame) -> None:
+def write_newest_histories(store, history: pd.DataFrame, progress: bool | None = None) -> None:
     """Put each user's newest `user_history` row in the online store, as materialize would.
 
     The offline table keeps one row per event (49k on ml-100k) for point-in-time joins,
@@ -158,7 +160,12 @@ def write_newest_histories(store, history: pd.DataFrame) -> None:
     writing those 943 rows through Feast's online write path gives the same online state.
     """
     newest = history.loc[history.groupby("user_id", sort=False)["event_timestamp"].idxmax()]
-    store.write_to_online_store("user_history", newest.reset_index(drop=True))
+    newest = newest.reset_index(drop=True)
+    with Progress(len(newest), "online user_history", "row", bar=progress) as shown:
+        for lo in range(0, len(newest), ONLINE_WRITE_ROWS):
+            chunk = newest.iloc[lo: lo + ONLINE_WRITE_ROWS]
+            store.write_to_online_store("user_history", chunk)
+            shown.update(len(chunk))
 
 
 @contextlib.contextmanager
@@ -271,9 +278,11 @@ def _write_repo(raw: RawData, repo: Path, max_history: int, embeddings: np.ndarr
     _apply(store, repo)
     end = datetime.fromtimestamp(int(raw.interactions["timestamp"].max()) + 1, tz=timezone.utc)
     others = [v.name for v in store.list_feature_views() if v.name != "user_history"]
-    with feast_output("feast materialize"):
-        store.materialize(start_date=datetime.fromtimestamp(first - 1, tz=timezone.utc)
-                          - timedelta(days=1), end_date=end, feature_views=others)
+    start = datetime.fromtimestamp(first - 1, tz=timezone.utc) - timedelta(days=1)
+    with Progress(len(others), "materialize", "view") as shown, feast_output("feast materialize"):
+        for view in others:  # one at a time, so long work says how far it is
+            store.materialize(start_date=start, end_date=end, feature_views=[view])
+            shown.update(1)
     write_newest_histories(store, history)
     return {"item_text": len(text), "item_embedding": emb.num_rows, "user_history": len(history),
             "users": int(history["user_id"].nunique())}

@@ -31,6 +31,7 @@ from hllm.config import Config, config_from_dict
 from hllm.data.item_text import ByteTokenizer, HFTokenizer, Tokenizer
 from hllm.errors import ConfigError, HLLMError
 from hllm.models.item_llm import ItemLLM
+from hllm.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -465,13 +466,14 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def onnx_embed(sess, items: Sequence[Sequence[int]] | tuple[Tokenizer, Sequence[str]],
-               batch_size: int = 32, pad_id: int = 0) -> np.ndarray:
+               batch_size: int = 32, pad_id: int = 0, progress: bool | None = None) -> np.ndarray:
     """(n, hidden) float32 embeddings, in input order.
 
     items: token id lists (as ItemLLM.tokenize gives them), or (tokenizer, texts) to
     tokenize here, texts being whole item prompts (hllm.data.item_text.item_prompt with
     the manifest's `text` settings; cut the ids to its max_text_len as training did). Items are sorted by length and right-padded per batch, so a batch
     pays for its own longest item only; pad_id's value never reaches the output.
+    progress: a bar (default: on a terminal), else a log line every 30 s of long work.
     """
     if isinstance(items, tuple) and len(items) == 2 and hasattr(items[0], "encode"):
         tokenizer, texts = items
@@ -483,12 +485,14 @@ def onnx_embed(sess, items: Sequence[Sequence[int]] | tuple[Tokenizer, Sequence[
         raise HLLMError("onnx_embed: an item has no tokens (the tokenizer adds BOS; "
                         "pass ItemLLM.tokenize output)")
     out: np.ndarray | None = None
-    for chunk in length_batches([len(t) for t in token_ids], batch_size):
-        ids, mask = _pad([token_ids[i] for i in chunk], pad_id)
-        got = sess.run([OUTPUT], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-        if out is None:
-            out = np.empty((len(token_ids), got.shape[1]), dtype=np.float32)
-        out[chunk] = got
+    with Progress(len(token_ids), "onnx embed", "item", bar=progress) as shown:
+        for chunk in length_batches([len(t) for t in token_ids], batch_size):
+            ids, mask = _pad([token_ids[i] for i in chunk], pad_id)
+            got = sess.run([OUTPUT], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+            if out is None:
+                out = np.empty((len(token_ids), got.shape[1]), dtype=np.float32)
+            out[chunk] = got
+            shown.update(len(chunk))
     return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
 

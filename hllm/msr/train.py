@@ -24,7 +24,6 @@ from typing import Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from hllm.errors import ConfigError
 from hllm.msr.backbones import BACKBONES, build_backbone
@@ -32,6 +31,7 @@ from hllm.msr.config import MSRConfig, MSRTrainConfig
 from hllm.msr.data import Encoded, MSRRows, encode, load_rows, require_auc_cells
 from hllm.msr.evaluate import evaluate_msr
 from hllm.msr.meta import LLM4MSR, bce_loss
+from hllm.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +94,21 @@ def _train_msr(model: nn.Module, enc: Encoded, cfg: MSRTrainConfig, *,
     for epoch in range(cfg.epochs):
         model.train()
         perm = torch.randperm(len(train), generator=gen)
-        bar = tqdm(range(0, len(train), cfg.batch_size), desc=f"epoch {epoch}", unit="batch",
-                   disable=not progress, mininterval=1.0)
+        starts = range(0, len(train), cfg.batch_size)
         total, n = 0.0, 0
-        for s in bar:
-            batch = {k: v.to(device) for k, v in train.batch(perm[s: s + cfg.batch_size]).items()}
-            _, logit = model(batch)
-            loss = bce_loss(logit, batch["label"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(logit)
-            n += len(logit)
-            bar.set_postfix(loss=f"{total / n:.4f}")
+        with Progress(len(starts), f"epoch {epoch}", "batch", bar=progress) as shown:
+            for s in starts:
+                batch = {k: v.to(device) for k, v in train.batch(perm[s: s + cfg.batch_size]).items()}
+                _, logit = model(batch)
+                loss = bce_loss(logit, batch["label"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(logit)
+                n += len(logit)
+                shown.update(1)
+                if shown.bar is not None:
+                    shown.bar.set_postfix(loss=f"{total / n:.4f}")
         valid = evaluate_msr(model, enc.tensors["valid"], enc.scenarios, device, cfg.eval_batch_size)
         history.append({"epoch": epoch, "train_loss": total / max(n, 1), "valid_auc": valid["auc"],
                         "valid_logloss": valid["logloss"]})
