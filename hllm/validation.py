@@ -20,13 +20,14 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from hllm import storage
-from hllm.data.labels import unreadable_labels
+from hllm.data.labels import SPELLINGS as LABEL_SPELLINGS, unreadable_labels
 from hllm.data.readers import locate_tables, read_raw_table
 from hllm.errors import ConfigError, DataError
 
@@ -39,7 +40,7 @@ YEAR_1990 = 631_152_000  # no recommender log predates this; a smaller value is 
 class ValidationConfig:
     min_user_interactions: int = 3  # leave-one-out needs train + validation + test items
     timestamp_min: int = YEAR_1990
-    timestamp_max: int = 0  # 0: now + 1 day (events cannot come from the future)
+    timestamp_max: int = 0  # 0: the end of tomorrow, UTC (events cannot come from the future)
     text_coverage: float = 0.9  # share of items with a non-empty value, per text field
     text_fields: tuple[str, ...] = ()  # empty: every non-id column of the item table
     text_min_len: int = 1
@@ -60,6 +61,8 @@ class Check:
     unexpected_count: int = 0
     sample_rows: list[int] = field(default_factory=list)  # 1-based data rows
     sample_values: list[Any] = field(default_factory=list)
+    expected: str = ""  # what the expectation asks for, in words (bounds, set, pattern)
+    sample_ids: list[str] = field(default_factory=list)  # users table: the users themselves
 
 
 @dataclass
@@ -81,9 +84,12 @@ class ValidationReport:
         lines = [f"{self.data}: {len(self.failures)} of {len(self.checks)} expectations failed:"]
         for c in self.failures:
             where = f" column '{c.column}'" if c.column else ""
+            expected = f"; expected {c.expected}" if c.expected else ""
             rows = f"; rows {', '.join(map(str, c.sample_rows))}" if c.sample_rows else ""
+            ids = f"; users {', '.join(c.sample_ids)}" if c.sample_ids else ""
             values = f"; values {c.sample_values}" if c.sample_values else ""
-            lines.append(f"  - {c.table}{where}: {c.expectation} ({c.detail}{rows}{values})")
+            lines.append(f"  - {c.table}{where}: {c.expectation} ({c.detail}{expected}{rows}"
+                         f"{ids}{values})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,7 +101,8 @@ def _suites(inter: pd.DataFrame, items: pd.DataFrame | None, cfg: ValidationConf
     """(table name, frame, expectations) for every table present."""
     import great_expectations.expectations as gxe
 
-    ts_max = cfg.timestamp_max or int(time.time()) + 86_400
+    # A whole day, so the bound (and every message naming it) is the same all day long.
+    ts_max = cfg.timestamp_max or (int(time.time()) // 86_400 + 2) * 86_400
     out = []
     exp: list[Any] = [gxe.ExpectColumnToExist(column=c) for c in ("user_id", "item_id", "timestamp")]
     for col in ("user_id", "item_id"):
@@ -158,10 +165,59 @@ def _blank_to_null(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _check_from_result(table: str, result: Any, cfg: ValidationConfig) -> Check:
+def _set_words(values: Sequence[Any], shown: int = 8) -> str:
+    items = ", ".join(map(str, list(values)[:shown]))
+    return f"one of {{{items}}}" if len(values) <= shown else f"one of {len(values):,} values {{{items}, ...}}"
+
+
+def _bound(value: Any, column: str) -> str:
+    """4.0 -> 4; a timestamp bound also as the UTC date a person checks it against."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if column == "timestamp_value":
+        return f"{value} ({time.strftime('%Y-%m-%d', time.gmtime(value))})"
+    return str(value)
+
+
+def expected_words(conf: Any) -> str:
+    """An expectation's arguments as a reader wants them next to the values that broke it."""
+    kw, kind, column = conf.kwargs, conf.type, conf.kwargs.get("column", "")
+    if column == "label_unreadable":
+        return f"a label spelled {LABEL_SPELLINGS}"
+    if column.endswith("_spellings"):
+        return "one spelling per id (not both 1 and 1.0)"
+    mostly = kw.get("mostly")
+    share = f" in at least {mostly:.0%} of rows" if mostly not in (None, 1, 1.0) else ""
+    if kind.endswith("to_be_between"):
+        low, high = (None if v is None else _bound(v, column)
+                     for v in (kw.get("min_value"), kw.get("max_value")))
+        what = "length " if "lengths" in kind else ""
+        if low is not None and high is not None:
+            return f"{what}between {low} and {high}{share}"
+        return f"{what}{'>= ' + low if low is not None else '<= ' + str(high)}{share}"
+    if kind.endswith("to_be_in_set"):
+        return _set_words(kw.get("value_set") or [])
+    if kind.endswith("not_match_regex"):
+        return f"not matching /{kw.get('regex')}/"
+    if kind.endswith("match_regex"):
+        return f"matching /{kw.get('regex')}/"
+    if kind.endswith("not_be_null"):
+        return f"a value{share}"
+    if kind.endswith("to_be_null"):
+        return "no value"
+    if kind.endswith("to_be_unique"):
+        return "unique"
+    if kind == "expect_column_to_exist":
+        return "the column present"
+    return ""
+
+
+def _check_from_result(table: str, result: Any, cfg: ValidationConfig,
+                       frame: pd.DataFrame | None = None) -> Check:
     conf = result.expectation_config
     kwargs = conf.kwargs
     column = kwargs.get("column") or ",".join(kwargs.get("column_list") or [])
+    expected = expected_words(conf)
     if column in ("timestamp_value", "label_unreadable"):  # derived: name the file's column
         column = column.split("_")[0]
     res = result.result or {}
@@ -180,10 +236,13 @@ def _check_from_result(table: str, result: Any, cfg: ValidationConfig) -> Check:
     rows = [int(i) + 1 for i in (res.get("unexpected_index_list") or [])[: cfg.sample_rows]]
     values = [None if isinstance(v, float) and v != v else v
               for v in (res.get("partial_unexpected_list") or [])[: cfg.sample_rows]]
-    if table == "users":  # rows of the per-user table mean nothing to a reader; show ids
+    ids: list[str] = []
+    if table == "users":  # rows of the per-user table mean nothing to a reader; show the users
+        indices = (res.get("unexpected_index_list") or [])[: cfg.sample_rows]
+        ids = [str(frame["user_id"].iloc[i]) for i in indices] if frame is not None else []
         rows = []
     return Check(table, conf.type, column, bool(result.success), detail, count, rows,
-                 json.loads(json.dumps(values, default=str)))
+                 json.loads(json.dumps(values, default=str)), expected, ids)
 
 
 def validate_dataset(data: str, out: str | Path | None = None,
@@ -257,7 +316,7 @@ def run_suites(suites, cfg: ValidationConfig) -> tuple[list[Check], dict[str, in
                  .get_batch(batch_parameters={"dataframe": frame}))
         result = batch.validate(suite, result_format={"result_format": "COMPLETE",
                                                       "partial_unexpected_count": cfg.sample_rows})
-        checks += [_check_from_result(table, r, cfg) for r in result.results]
+        checks += [_check_from_result(table, r, cfg, frame) for r in result.results]
     return checks, rows
 
 
@@ -274,14 +333,17 @@ def render_html(report: ValidationReport) -> str:
     rows = []
     for c in sorted(report.checks, key=lambda c: c.success):
         mark = "&#10004;" if c.success else "&#10008;"
-        sample = ""
+        sample = []
+        if c.sample_ids:
+            sample.append("users " + html.escape(", ".join(c.sample_ids)))
         if c.sample_rows:
-            sample += "rows " + ", ".join(map(str, c.sample_rows))
+            sample.append("rows " + ", ".join(map(str, c.sample_rows)))
         if c.sample_values:
-            sample += ("; " if sample else "") + "values " + html.escape(json.dumps(c.sample_values))
+            sample.append("values " + html.escape(json.dumps(c.sample_values)))
         rows.append(f"<tr class={'ok' if c.success else 'bad'}><td>{mark}</td><td>{c.table}</td>"
                     f"<td>{html.escape(c.column)}</td><td>{c.expectation}</td>"
-                    f"<td>{html.escape(c.detail)}</td><td>{sample}</td></tr>")
+                    f"<td>{html.escape(c.expected)}</td><td>{html.escape(c.detail)}</td>"
+                    f"<td>{'<br>'.join(sample)}</td></tr>")
     files = "".join(f"<li>{k}: <code>{html.escape(v)}</code> ({report.rows.get(k, '?')} rows)</li>"
                     for k, v in report.files.items())
     return f"""<!doctype html>
@@ -295,7 +357,7 @@ code{{background:#f6f8fa;padding:0 .2em}}</style></head><body>
 <p><b>{len(report.failures)}</b> of {len(report.checks)} expectations failed for
 <code>{html.escape(report.data)}</code> (Great Expectations, {report.seconds:.1f} s).</p>
 <ul>{files}</ul>
-<table><tr><th></th><th>table</th><th>column</th><th>expectation</th><th>result</th><th>sample</th></tr>
+<table><tr><th></th><th>table</th><th>column</th><th>expectation</th><th>expected</th><th>result</th><th>sample</th></tr>
 {''.join(rows)}
 </table></body></html>
 """

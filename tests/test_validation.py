@@ -41,6 +41,7 @@ def test_unknown_item(tmp_path):
     report = validate_dataset(str(write_recbole(tmp_path / "d", rows, ITEMS)))
     check = failed(report)[("expect_column_values_to_be_in_set", "item_id")]
     assert check.sample_values == ["99"] and check.sample_rows == [7]
+    assert check.expected == "one of {1, 2, 3}"  # what was expected, beside what came
 
 
 def test_duplicate_rows(tmp_path):
@@ -60,7 +61,8 @@ def test_timestamps_as_strings(tmp_path):
 def test_timestamps_in_milliseconds_are_out_of_range(tmp_path):
     rows = [(u, i, 5, ts * 1000) for u, i, _, ts in GOOD]
     report = validate_dataset(str(write_recbole(tmp_path / "d", rows, ITEMS)))
-    assert ("expect_column_values_to_be_between", "timestamp") in failed(report)
+    check = failed(report)[("expect_column_values_to_be_between", "timestamp")]
+    assert check.expected.startswith("between 631152000 (1990-01-01) and ")
 
 
 def test_missing_column(tmp_path):
@@ -77,8 +79,11 @@ def test_too_few_interactions_and_low_text_coverage(tmp_path):
     rows = GOOD + [(3, 1, 5, 1_000_000_500)]
     report = validate_dataset(str(write_recbole(tmp_path / "d", rows, items)))
     fails = failed(report)
-    assert ("expect_column_values_to_be_between", "interactions") in fails  # user 3: 1 event
-    assert ("expect_column_values_to_not_be_null", "genre") in fails  # 1 of 3 items has one
+    short = fails[("expect_column_values_to_be_between", "interactions")]  # user 3: 1 event
+    assert (short.sample_ids, short.sample_values, short.expected) == (["3"], [1], ">= 3")
+    assert "users 3" in report.summary()
+    coverage = fails[("expect_column_values_to_not_be_null", "genre")]  # 1 of 3 items has one
+    assert coverage.expected == "a value in at least 90% of rows"
 
 
 @pytest.mark.parametrize("case, message", [
