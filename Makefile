@@ -11,7 +11,7 @@ PIPELINE ?= hllm
 # The HLLM pipeline holds the newest 20% of items out (a measurable cold segment).
 CONFIG ?= $(if $(filter hllm,$(PIPELINE)),configs/cold-items.yaml,)
 
-.PHONY: run test bench venv gemma clean
+.PHONY: run test bench screenshots venv gemma clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,11 @@ run: $(STAMP)
 # module fixtures are built once: most tests wait on subprocess start-up, not on the cores.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The run's HTML pages in headless Chromium at 1280 px (RUN/screenshots/*.png), to look at.
+screenshots: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	$(BIN)/python tests/screenshots.py $(or $(RUN),runs/latest)
 
 bench: $(STAMP)
 	$(BIN)/python bench/item_batches.py --data $(DATA)

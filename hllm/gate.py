@@ -70,6 +70,7 @@ class Check:
     passed: bool
     detail: str
     numbers: dict[str, float] = field(default_factory=dict)
+    against: str = ""  # floor | champion | baseline: what the challenger was measured against
 
 
 @dataclass
@@ -264,17 +265,24 @@ def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
     g = cfg.gate
     primary = g.primary_metric
     checks: list[Check] = []
+
+    def against(who: str, start: int) -> None:
+        for check in checks[start:]:
+            check.against = who
+
     if champion is None:
         for metric, floor in g.absolute.items():
             value = float(challenger.metrics.get(metric, math.nan))
             checks.append(Check(f"absolute {metric}", value >= floor,
                                 f"first model: {metric} {value:.4f} vs floor {floor:.4f}",
                                 {"value": value, "floor": floor}))
+        against("floor", 0)
     elif challenger.split != champion.split:
         checks.append(Check("same split", False,
                             f"evaluated on a different split than the champion "
                             f"({challenger.split[:12]} vs {champion.split[:12]}); re-evaluate both "
                             "on one split"))
+        against("champion", 0)
     else:
         bar = g.min_uplift[primary]
         ci = rules.bootstrap(challenger, champion)
@@ -284,6 +292,8 @@ def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
             f"diff {ci['diff']:+.4f}, {g.confidence:.0%} CI {ci['low']:+.4f}..{ci['high']:+.4f}, "
             f"lower end must exceed {bar:+.4f}", {**ci, "bar": bar}))
         checks += rules.vs_champion(challenger, champion)
+        against("champion", 0)
+    start = len(checks)
     if g.beat_baseline or g.segments:
         name = f"ahead of {rules.baseline}" if g.beat_baseline else f"vs {rules.baseline}"
         if baseline is None:
@@ -302,6 +312,7 @@ def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
                     f"{baseline.metrics[primary]:.4f}: diff {ci['diff']:+.4f} "
                     f"(CI {ci['low']:+.4f}..{ci['high']:+.4f}), {rule}", ci))
             checks += rules.vs_baseline(challenger, baseline)
+    against("baseline", start)
     return checks
 
 

@@ -27,6 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from hllm.report_html import comparisons, epoch_table, page, table as _table, verdict
+from hllm.report_html import fmt as _fmt
+
 TEST_METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 RECALL_KS = (10, 50, 200)
 SEGMENT_METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
@@ -152,7 +155,7 @@ def summarize(run_dir: str | Path, *, steps: dict[str, dict[str, Any]] | None = 
             "versions": registration.get("versions", []), "tags": registration.get("tags", {})},
         "onnx": _onnx_summary(run / "export_onnx"),
         "gate": None if gate is None else {
-            "decision": gate["decision"], "reasons": gate.get("reasons", []),
+            "decision": gate["decision"], "model": gate.get("model"), "reasons": gate.get("reasons", []),
             "challenger": gate.get("challenger"), "champion": gate.get("champion"),
             "checks": gate.get("checks", [])},
         "steps": step_rows,
@@ -230,12 +233,6 @@ def link_report(versions: Sequence[tuple[str, str]], report_uri: str,
 
 # ---------------------------------------------------------------- HTML and SVG
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
-
-
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str,
                y_label: str, width: int = 560, height: int = 300,
                x_ticks: Sequence[float] | None = None) -> str:
@@ -287,25 +284,22 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
     return "".join(parts)
 
 
-def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _charts(summary: dict[str, Any], run: Path) -> list[str]:
-    step_loss, epoch_loss = {}, {}
+    step_loss, epoch_loss, valid_ndcg = {}, {}, {}
     for name, directory in MODELS.items():
         steps, epochs = read_log(run / directory / "log.jsonl")
         if steps:
             step_loss[name] = [(r["step"], r["loss"]) for r in steps]
         if epochs:
             epoch_loss[name] = [(r["epoch"], r["train_loss"]) for r in epochs]
+            valid_ndcg[name] = [(r["epoch"], r["valid_ndcg@10"]) for r in epochs
+                                if "valid_ndcg@10" in r]
     recall = {name: [(k, m["metrics"][f"recall@{k}"]) for k in RECALL_KS
                      if f"recall@{k}" in m["metrics"]]
               for name, m in summary["models"].items()}
     return [line_chart(step_loss, "Training loss per optimizer step", "step", "loss"),
             line_chart(epoch_loss, "Mean training loss per epoch", "epoch", "loss"),
+            line_chart(valid_ndcg, "Validation NDCG@10 per epoch", "epoch", "NDCG@10"),
             line_chart(recall, "Test Recall@K", "K", "recall", x_ticks=RECALL_KS)]
 
 
@@ -323,41 +317,45 @@ def _segment_tables(models: dict[str, Any]) -> list[str]:
 
 
 def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
-    """The report page: metrics, charts, gate reasoning, lineage and step timings."""
+    """The report page, in a reviewer's order: the verdict and why, the comparison with the
+    champion and the ID baseline, metrics and segments, training per epoch, then export,
+    data, lineage and step timings."""
     run = Path(run_dir)
+    gate, models = summary.get("gate"), summary["models"]
     parts = [f"<h1>HLLM pipeline run {html.escape(summary.get('pipeline_run_id') or '')}</h1>",
-             f"<p>Status: <b>{html.escape(summary['status'])}</b></p>"]
-    validation = summary.get("validation")
-    if validation:
-        parts.append(f"<h2>Validation</h2><p>{validation['checks']} expectations, "
-                     f"{'all passed' if validation['success'] else 'FAILED'}; rows "
-                     f"{html.escape(json.dumps(validation['rows']))}</p>")
-        parts += [f"<p class=bad>{html.escape(f)}</p>" for f in validation["failed"]]
-    if summary["models"]:
+             verdict(gate, summary["status"], (summary.get("registry") or {}).get("model_name", "")),
+             *comparisons(gate, "ID baseline (SASRec)")]
+    if models:
         parts.append("<h2>Test metrics</h2>")
         parts.append(_table(["model", *TEST_METRICS],
                             [[n, *(m["metrics"].get(k, "") for k in TEST_METRICS)]
-                             for n, m in summary["models"].items()]))
-        parts += _segment_tables(summary["models"])
+                             for n, m in models.items()]))
+        parts += _segment_tables(models)
+        parts.append("<h2>Training</h2><p class=note>Training loss, and validation NDCG@10 per "
+                     "epoch beside it: early stopping and the kept weights follow validation "
+                     "NDCG@10.</p>")
         parts.append("<div class=charts>" + "".join(_charts(summary, run)) + "</div>")
+        histories = {n: read_log(run / MODELS[n] / "log.jsonl")[1] for n in models}
+        parts.append("<details><summary>Per epoch: loss and validation NDCG@10</summary>"
+                     + epoch_table(histories, [("loss", "train_loss"), ("valid N@10", "valid_ndcg@10")],
+                                   {n: m.get("best_epoch") for n, m in models.items()})
+                     + "</details>")
+    if gate:
+        plan = run / "gate" / "rollout_plan.md"
+        if plan.is_file():
+            parts.append(f"<details><summary>Rollout plan</summary><pre>"
+                         f"{html.escape(plan.read_text())}</pre></details>")
     onnx = summary.get("onnx")
     if onnx:
         parts.append(f"<h2>ONNX export</h2><p>max |ONNX - PyTorch| {_fmt(onnx['max_abs_diff'])}, "
                      f"min cosine {_fmt(onnx['min_cosine'])}; files "
                      f"{html.escape(', '.join(onnx['files'].values()))}</p>")
-    gate = summary.get("gate")
-    if gate:
-        parts.append(f"<h2>Gate: {html.escape(gate['decision'])}</h2>")
-        parts.append(_table(["check", "passed", "detail"],
-                            [[c["name"], "yes" if c["passed"] else "NO", c["detail"]]
-                             for c in gate["checks"]]))
-        if gate["reasons"]:
-            parts.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in gate["reasons"])
-                         + "</ul>")
-        plan = run / "gate" / "rollout_plan.md"
-        if plan.is_file():
-            parts.append(f"<details><summary>Rollout plan</summary><pre>"
-                         f"{html.escape(plan.read_text())}</pre></details>")
+    validation = summary.get("validation")
+    if validation:
+        parts.append(f"<h2>Data validation</h2><p>{validation['checks']} expectations, "
+                     f"{'all passed' if validation['success'] else 'FAILED'}; rows "
+                     f"{html.escape(json.dumps(validation['rows']))}</p>")
+        parts += [f"<p class=bad>{html.escape(f)}</p>" for f in validation["failed"]]
     registry = summary.get("registry")
     if registry:
         parts.append(f"<h2>Lineage: {html.escape(registry['model_name'])} version "
@@ -368,9 +366,4 @@ def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
         parts.append(_table(["step", "wall s", "cached", "started"],
                             [[n, s.get("seconds", ""), "yes" if s.get("cached") else "no",
                               s.get("started_at") or ""] for n, s in summary["steps"].items()]))
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
-             "padding:3px 8px;text-align:left;font-size:13px}.bad{color:#b00}"
-             ".charts svg{margin:6px}pre{background:#f6f6f6;padding:8px}")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>HLLM run report</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    return page("HLLM run report", parts)

@@ -341,8 +341,8 @@ def render_html(report: ValidationReport) -> str:
         if c.sample_values:
             sample.append("values " + html.escape(json.dumps(c.sample_values)))
         rows.append(f"<tr class={'ok' if c.success else 'bad'}><td>{mark}</td><td>{c.table}</td>"
-                    f"<td>{html.escape(c.column)}</td><td>{c.expectation}</td>"
-                    f"<td>{html.escape(c.expected)}</td><td>{html.escape(c.detail)}</td>"
+                    f"<td>{html.escape(c.column)}</td><td class=exp>{c.expectation}</td>"
+                    f"<td class=want>{html.escape(c.expected)}</td><td>{html.escape(c.detail)}</td>"
                     f"<td>{'<br>'.join(sample)}</td></tr>")
     files = "".join(f"<li>{k}: <code>{html.escape(v)}</code> ({report.rows.get(k, '?')} rows)</li>"
                     for k, v in report.files.items())
@@ -352,7 +352,8 @@ def render_html(report: ValidationReport) -> str:
 h1{{color:{color}}}table{{border-collapse:collapse;width:100%}}
 td,th{{border-bottom:1px solid #ddd;padding:.35em .6em;text-align:left;vertical-align:top}}
 tr.bad td{{background:#ffebe9}}tr.ok td:first-child{{color:#1a7f37}}tr.bad td:first-child{{color:#cf222e}}
-code{{background:#f6f8fa;padding:0 .2em}}</style></head><body>
+code{{background:#f6f8fa;padding:0 .2em}}td.exp{{font-family:monospace;font-size:12px}}
+td.want{{min-width:16em}}</style></head><body>
 <h1>Validation {verdict}</h1>
 <p><b>{len(report.failures)}</b> of {len(report.checks)} expectations failed for
 <code>{html.escape(report.data)}</code> (Great Expectations, {report.seconds:.1f} s).</p>

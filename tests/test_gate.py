@@ -94,7 +94,8 @@ def test_first_model_then_better_challenger_are_promoted_and_rollback_restores(r
     v1 = add_version(client, tmp_path, model, BASE)
     first = gate(v1, ab, baseline=baseline, out=tmp_path / "g1")
     assert first.promoted and first.champion is None, first.reasons
-    assert [c.name for c in first.checks] == ["absolute ndcg@10", "ahead of ID baseline"]
+    assert [(c.name, c.against) for c in first.checks] == [("absolute ndcg@10", "floor"),
+                                                           ("ahead of ID baseline", "baseline")]
     assert aliases(client, model) == {"champion": v1, "challenger": v1}
 
     v2 = add_version(client, tmp_path, model, better(BASE))
@@ -102,6 +103,7 @@ def test_first_model_then_better_challenger_are_promoted_and_rollback_restores(r
     assert second.promoted, second.reasons
     uplift = second.checks[0]
     assert uplift.name == "uplift ndcg@10" and uplift.numbers["low"] > 0
+    assert {c.against for c in second.checks if c.name != "ahead of ID baseline"} == {"champion"}
     assert aliases(client, model) == {"champion": v2, "previous-champion": v1, "challenger": v2}
     # The decision is where registry reviewers look: version tags and a gate run.
     tags = client.get_model_version(model, v2).tags

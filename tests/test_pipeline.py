@@ -186,7 +186,14 @@ def test_report_from_hand_made_run(tmp_path):
     assert saved["steps"]["train_hllm"]["seconds"] == 20.0
     assert saved["steps_wall_seconds"] == pytest.approx(22.0)  # the cached step took no time
     page = (run / "report.html").read_text()
-    assert page.count("<svg") == 3  # step loss, epoch loss, Recall@K
+    assert page.count("<svg") == 4  # step loss, epoch loss, validation NDCG@10, Recall@K
+    # A reviewer's order: the verdict and why, the champion, the baseline, metrics, training.
+    order = [page.index(s) for s in ("<b>REFUSED</b>: hllm version 3 stays challenger", "too small",
+                                     "Against the current champion (version 2)", "Test metrics",
+                                     "<th>hllm valid N@10</th>", "Lineage")]
+    assert order == sorted(order)
+    assert "<td class=num>0.0500</td>" in page  # validation NDCG@10 of epoch 2, beside the loss
+    assert "Weights evaluated: hllm epoch 2, sasrec epoch 2" in page
     assert "Recall@K" in page and "hllm" in page and "sasrec" in page
     assert "<script" not in page  # self-contained: no JS, and gate text is escaped
     assert not re.search(r"""(src|href)=["']?https?:""", page)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hllm.report import _json, _validation_summary
+from hllm.report_html import comparisons, epoch_table, page, table, verdict
 
 STEP_ORDER = ("validate", "features", "knowledge", "train_backbone", "train_llm4msr",
               "evaluate_backbone", "evaluate_llm4msr", "register", "gate")
@@ -57,7 +58,8 @@ def summarize(run_dir: str | Path, *, steps: dict[str, dict[str, Any]] | None = 
                                       "versions": registration.get("versions", []),
                                       "tags": registration.get("tags", {})},
         "onnx": None,
-        "gate": gate and {"decision": gate["decision"], "reasons": gate.get("reasons", []),
+        "gate": gate and {"decision": gate["decision"], "model": gate.get("model"),
+                          "reasons": gate.get("reasons", []),
                           "challenger": gate.get("challenger"), "champion": gate.get("champion"),
                           "checks": gate.get("checks", [])},
         "steps": step_rows,
@@ -66,33 +68,42 @@ def summarize(run_dir: str | Path, *, steps: dict[str, dict[str, Any]] | None = 
     }
 
 
-def render_html(summary: dict[str, Any]) -> str:
+def render_html(summary: dict[str, Any], histories: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """The LLM4MSR report page, in the order of HLLM's: verdict and why, the champion and
+    backbone comparisons, AUC and logloss per scenario, validation AUC per epoch, lineage."""
     e = html.escape
     models = summary["models"]
-    scen = next((m["scenarios"] for m in models.values() if m.get("scenarios")), [])
-    head = "".join(f"<th>{e(s)}</th>" for s in ["overall", *scen])
-    rows = []
-    for key in ("auc", "logloss"):
-        for m in models.values():
-            cells = "".join(f"<td>{m['metrics'].get(k, float('nan')):.4f}</td>"
-                            for k in [key, *(f"{key}/{s}" for s in scen)])
-            rows.append(f"<tr><td>{e(key)}</td><td>{e(str(m['model']))}</td>{cells}</tr>")
-    gate = summary.get("gate") or {}
-    checks = "".join(f"<li>{'PASS' if c['passed'] else 'FAIL'} {e(c['name'])}: {e(c['detail'])}</li>"
-                     for c in gate.get("checks", []))
+    gate = summary.get("gate")
     reg = summary.get("registry") or {}
-    steps = "".join(f"<tr><td>{e(n)}</td><td>{(s.get('seconds') or 0):.1f} s"
-                    f"{' (cached)' if s.get('cached') else ''}</td></tr>"
-                    for n, s in summary.get("steps", {}).items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>LLM4MSR run
-{e(summary.get('pipeline_run_id', ''))}</title><style>body{{font-family:sans-serif;margin:2em}}
-td,th{{padding:2px 10px;text-align:right}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}
-</style></head><body><h1>LLM4MSR run {e(summary.get('pipeline_run_id', ''))}: {e(summary['status'])}</h1>
-<h2>Test metrics per scenario</h2><table><tr><th>metric</th><th>model</th>{head}</tr>{''.join(rows)}</table>
-<h2>Registry</h2><p>{e(str(reg.get('model_name', '-')))} version {e(str(reg.get('version', '-')))}</p>
-<h2>Gate: {e(str(gate.get('decision', '-')))}</h2><ul>{checks}</ul>
-<h2>Steps</h2><table>{steps}</table></body></html>
-"""
+    parts = [f"<h1>LLM4MSR pipeline run {e(summary.get('pipeline_run_id', ''))}</h1>",
+             verdict(gate, summary["status"], reg.get("model_name", "")),
+             *comparisons(gate, "backbone alone (no LLM4MSR)")]
+    scen = next((m["scenarios"] for m in models.values() if m.get("scenarios")), [])
+    if models:
+        rows = [[key, str(m["model"]), *(m["metrics"].get(k, float("nan"))
+                                        for k in [key, *(f"{key}/{s}" for s in scen)])]
+                for key in ("auc", "logloss") for m in models.values()]
+        parts += ["<h2>Test metrics per scenario</h2>",
+                  table(["metric", "model", "overall", *scen], rows)]
+    if histories:
+        parts += ["<h2>Training</h2><p class=note>Mean training loss and validation AUC per "
+                  "epoch (early stopping and the kept weights follow validation AUC).</p>",
+                  epoch_table({models[n]["model"] if n in models else n: h for n, h in histories.items()},
+                              [("loss", "train_loss"), ("valid AUC", "valid_auc")],
+                              {models[n]["model"]: models[n].get("best_epoch")
+                               for n in histories if n in models})]
+    validation = summary.get("validation")
+    if validation:
+        parts.append(f"<h2>Data validation</h2><p>{validation['checks']} expectations, "
+                     f"{'all passed' if validation['success'] else 'FAILED'}</p>")
+    if reg:
+        parts += [f"<h2>Lineage: {e(str(reg.get('model_name')))} version {e(str(reg.get('version')))}</h2>",
+                  table(["tag", "value"], sorted((reg.get("tags") or {}).items()))]
+    if summary.get("steps"):
+        parts += ["<h2>Steps</h2>", table(["step", "wall s", "cached"],
+                                          [[n, s.get("seconds") or 0.0, "yes" if s.get("cached") else "no"]
+                                           for n, s in summary["steps"].items()])]
+    return page(f"LLM4MSR run {summary.get('pipeline_run_id', '')}", parts)
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
@@ -102,5 +113,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(run_dir, steps=steps, pipeline_run_id=pipeline_run_id)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (out / "report.html").write_text(render_html(summary))
+    histories = {m: h for m in MODELS
+                 if (h := (_json(Path(run_dir) / f"train_{m}" / "metrics.json") or {}).get("history"))}
+    (out / "report.html").write_text(render_html(summary, histories))
     return summary
