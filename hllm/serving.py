@@ -98,7 +98,9 @@ def recommend(user: str, ab_config: str | Path, k: int = 10, feature_repo: str |
                         f"{feature_repo or data}; nothing to personalise from")
     arm = assign(cfg, str(user), ramp_percent)
     uri = cfg.arm_ref(arm.serve).uri(cfg.model)
-    if uri.startswith("models:/") and tracking.resolve_uri():
-        tracking.registry_uri()  # a dead registry: one line in seconds, not minutes of retries
+    if uri.startswith("models:/"):
+        # No URI: one line, not MLflow's fallback that makes an empty ./mlflow.db and then
+        # reports the model missing. A dead registry: one line in seconds, not retries.
+        tracking.registry_uri()
     ids, scores = top_k(load_model(uri), history, k)
     return Recommendation(str(user), arm, uri, history, ids, scores, time.perf_counter() - t0)

@@ -56,3 +56,17 @@ def test_dead_tracking_server_is_named_in_one_line_within_seconds(tmp_path, toy_
     assert "alias" not in errors[0] and "roll back" not in errors[0]  # no false cause
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_registry_commands_without_a_tracking_uri_say_so_and_write_nothing(tmp_path):
+    """Unset, MLflow would fall back to a new ./mlflow.db and report the model as missing."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for args in (COMMANDS["recommend"], COMMANDS["rollback"]):
+        done = subprocess.run([sys.executable, "-m", "hllm.cli", *args], capture_output=True,
+                              text=True, cwd=cwd, env=env, timeout=120)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1] == (
+            "error: no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    assert list(cwd.iterdir()) == []  # no mlflow.db
