@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,21 @@ def test_msr_knowledge_is_pushed_to_the_feature_repo(tmp_path, ml100k_300):
     for view in ("user_knowledge", "scenario_knowledge"):
         vector = got[f"{view}__vector"][0]
         assert len(vector) == 32 and all(v == v for v in vector)  # cpu-tiny LLM width, no NaN
+
+
+def test_msr_probe_prints_each_target_beside_its_random_control(tmp_path, ml100k_300):
+    out = tmp_path / "probes.json"
+    result = hllm("msr", "probe", "--data", str(ml100k_300), "--preset", "cpu-tiny",
+                  "--folds", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].split() == ["target", "metric", "users", "knowledge",
+                                                     "random", "chance"]
+    saved = json.loads(out.read_text())
+    targets = {p["target"] for p in saved["probes"]}
+    assert targets == {"positive rate: family", "positive rate: action", "positive rate: thriller",
+                       "positive rate: drama_comedy", "gender (F)", "age"}
+    assert all(p["users"] >= 12 and p["random"] == p["random"] for p in saved["probes"])
+    assert -1 <= saved["scenario_cosine"] <= 1 and "scenario vectors" in result.stdout
 
 
 def test_msr_train_then_evaluate_from_the_shell(tmp_path, ml100k_300):

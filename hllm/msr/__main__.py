@@ -1,6 +1,7 @@
 """`hllm msr <step>` (also `python -m hllm.msr <step>`): the LLM4MSR steps.
 
     hllm msr stats --data ../shared/data/ml-100k
+    hllm msr probe --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml  # knowledge signal
     hllm msr validate --data ../shared/data/ml-100k --out runs/msr/validation
     hllm msr knowledge --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml \
         --out runs/msr/knowledge --feature-repo runs/features   # + a Feast repo serving them
@@ -25,7 +26,8 @@ from hllm.config import parse_set
 from hllm.errors import HLLMError
 from hllm.msr.config import load_msr_config
 
-STEPS = ("stats", "validate", "knowledge", "train", "evaluate", "register", "compare", "explain")
+STEPS = ("stats", "validate", "knowledge", "probe", "train", "evaluate", "register", "compare",
+         "explain")
 
 
 def add_explain_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -50,6 +52,25 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_probe(rows, cfg, args: argparse.Namespace) -> int:
+    """Probe the (cached) knowledge vectors; print the table, write JSON with --out FILE."""
+    from hllm.msr.data import encode
+    from hllm.msr.knowledge import build_knowledge
+    from hllm.msr.probes import render, run_probes, scenario_similarity
+
+    scen, users = build_knowledge(rows, encode(rows), cfg.knowledge, device=args.device)
+    results = run_probes(users.vectors.numpy(), users.keys, rows, folds=args.folds, seed=cfg.train.seed)
+    cosine = scenario_similarity(scen.vectors.numpy(), seed=cfg.train.seed)
+    print(render(results, cosine))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(strict_json.dumps(
+            {"probes": [r.to_dict() for r in results], "scenario_cosine": cosine[0],
+             "scenario_cosine_random": cosine[1], "knowledge": vars(users.stats)}) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hllm msr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="step", required=True)
@@ -70,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-repo", default=None,
                    help="push the vectors to this Feast repo (RUN or RUN/feature_repo); with "
                         "--out DIR a copy in DIR/feature_repo gets them instead")
+    p = data_step("probe", "linear probes: what the knowledge vectors hold (vs random vectors)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds over users (default 5)")
     p = data_step("train", "train one model and write a run directory")
     p.add_argument("--knowledge", default=None, help="vectors from `hllm msr knowledge --out DIR`")
     p.add_argument("--backbone", default=None,
@@ -101,6 +124,7 @@ EXAMPLES = {
     "validate": "hllm msr validate --data ../shared/data/ml-100k --out runs/msr/validation",
     "knowledge": "hllm msr knowledge --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml"
                  " --out runs/msr/knowledge",
+    "probe": "hllm msr probe --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml",
     "train": "hllm msr train --data ../shared/data/ml-100k --config configs/msr/cpu-default.yaml"
              " --knowledge runs/msr/knowledge --out runs/msr/llm4msr",
     "compare": "hllm msr compare --data ../shared/data/ml-100k --backbones star,mmoe --out runs/msr.json",
@@ -191,6 +215,8 @@ def run_step(args: argparse.Namespace) -> dict | int:
                 args.feature_repo, (scen.keys, scen.vectors.numpy()),
                 (users.keys, users.vectors.numpy()), users.texts)
         return result
+    if args.step == "probe":
+        return run_probe(rows, cfg, args)
     if args.step == "train":
         import dataclasses
 
