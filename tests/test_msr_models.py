@@ -246,3 +246,19 @@ def test_build_backbone_rejects_unknown_names():
 
     with pytest.raises(ConfigError, match="star, mmoe, shared-bottom, ple"):
         build_backbone("cgc", CARDS, ("age",), MSRModelConfig())
+
+
+def test_a_relu_meta_layer_can_train_dead_and_the_other_activations_cannot():
+    """hW + b < 0 everywhere: ReLU adds exactly 0 and passes no gradient; identity and tanh
+    still pass one, which is why model.meta_activation is a choice made on validation."""
+    from hllm.msr.meta import MetaLayer
+
+    h, k = torch.randn(16, 8), torch.randn(16, 5)
+    for activation, dead in (("relu", True), ("tanh", False), ("identity", False)):
+        layer = MetaLayer(5, 8, 16, activation=activation)
+        with torch.no_grad():
+            layer.generator[-1].bias[64:] = -100.0  # the generated bias b: far below zero
+        out = layer(h, k)
+        out.sum().backward()
+        grad = sum(float(p.grad.abs().sum()) for p in layer.parameters() if p.grad is not None)
+        assert (bool((out == 0).all()) and grad == 0.0) == dead, activation

@@ -52,6 +52,7 @@ class MSRModelConfig:
     meta_user_layers: int = 1  # user-level meta layers stacked at the bottom
     meta_scenario_layers: int = 2  # scenario-level meta layers applied in parallel
     meta_init_scale: float = 0.1  # generated weights start small: LLM4MSR starts near the backbone
+    meta_activation: str = "relu"  # relu (the paper) | tanh | identity: on the meta residual
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,23 @@ import torch
 from torch import nn
 
 
-class MetaLayer(nn.Module):
-    """A generator g: knowledge (B, K) -> per-sample W (B, d, d), b (B, d); applies act(hW + b)."""
+ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "identity": lambda x: x}
 
-    def __init__(self, k_dim: int, d: int, hidden: int, init_scale: float = 0.1):
+
+class MetaLayer(nn.Module):
+    """A generator g: knowledge (B, K) -> per-sample W (B, d, d), b (B, d); applies act(hW + b).
+
+    act is ReLU in the paper. A ReLU residual can train dead (hW + b < 0 for every row: the
+    layer adds exactly 0 and gets no gradient); `identity` and `tanh` cannot, and which one
+    to use is chosen on validation (model.meta_activation).
+    """
+
+    def __init__(self, k_dim: int, d: int, hidden: int, init_scale: float = 0.1,
+                 activation: str = "relu"):
         super().__init__()
-        self.d = d
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"meta activation {activation!r}: one of {', '.join(ACTIVATIONS)}")
+        self.d, self.act = d, ACTIVATIONS[activation]
         self.generator = nn.Sequential(nn.LayerNorm(k_dim), nn.Linear(k_dim, hidden), nn.ReLU(),
                                        nn.Linear(hidden, d * d + d))
         with torch.no_grad():  # start small: the meta layer is a gentle residual at first
@@ -47,7 +58,7 @@ class MetaLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, knowledge: torch.Tensor) -> torch.Tensor:  # (B, d), (B, K)
         w, b = self.params(knowledge)
-        return torch.relu(torch.einsum("bi,bio->bo", h, w) + b)  # (B, d)
+        return self.act(torch.einsum("bi,bio->bo", h, w) + b)  # (B, d)
 
 
 class LLM4MSR(nn.Module):
@@ -55,7 +66,7 @@ class LLM4MSR(nn.Module):
 
     def __init__(self, backbone: nn.Module, scenario_knowledge: torch.Tensor,
                  user_knowledge: torch.Tensor, *, meta_hidden: int = 64, user_layers: int = 1,
-                 scenario_layers: int = 2, init_scale: float = 0.1):
+                 scenario_layers: int = 2, init_scale: float = 0.1, activation: str = "relu"):
         super().__init__()
         if scenario_knowledge.dim() != 2 or user_knowledge.dim() != 2:
             raise ValueError("knowledge tables must be 2-D: scenario (P, K), user (U, K); got "
@@ -64,10 +75,12 @@ class LLM4MSR(nn.Module):
         self.register_buffer("scenario_knowledge", scenario_knowledge.float().clone())  # (P, K_s)
         self.register_buffer("user_knowledge", user_knowledge.float().clone())  # (U, K_u)
         d = backbone.out_dim
-        self.user_meta = nn.ModuleList(MetaLayer(user_knowledge.size(1), d, meta_hidden, init_scale)
-                                       for _ in range(user_layers))
+        self.user_meta = nn.ModuleList(
+            MetaLayer(user_knowledge.size(1), d, meta_hidden, init_scale, activation)
+            for _ in range(user_layers))
         self.scenario_meta = nn.ModuleList(
-            MetaLayer(scenario_knowledge.size(1), d, meta_hidden, init_scale) for _ in range(scenario_layers))
+            MetaLayer(scenario_knowledge.size(1), d, meta_hidden, init_scale, activation)
+            for _ in range(scenario_layers))
         self.out_dim = d
 
     def refine(self, h: torch.Tensor, batch: dict[str, torch.Tensor],

@@ -30,7 +30,7 @@ from hllm.msr.backbones import BACKBONES, build_backbone
 from hllm.msr.config import MSRConfig, MSRTrainConfig
 from hllm.msr.data import Encoded, MSRRows, encode, load_rows, require_auc_cells
 from hllm.msr.evaluate import evaluate_msr
-from hllm.msr.meta import LLM4MSR, bce_loss
+from hllm.msr.meta import ACTIVATIONS, LLM4MSR, bce_loss
 from hllm.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,12 @@ def build_model(cfg: MSRConfig, enc: Encoded, scenario_knowledge: torch.Tensor |
         return backbone
     if scenario_knowledge is None or user_knowledge is None:
         raise ValueError("LLM4MSR needs both scenario and user knowledge tables")
+    if m.meta_activation not in ACTIVATIONS:
+        raise ConfigError(f"model.meta_activation: {m.meta_activation!r} is not one of "
+                          f"{', '.join(ACTIVATIONS)}")
     return LLM4MSR(backbone, scenario_knowledge, user_knowledge, meta_hidden=m.meta_hidden,
                    user_layers=m.meta_user_layers, scenario_layers=m.meta_scenario_layers,
-                   init_scale=m.meta_init_scale)
+                   init_scale=m.meta_init_scale, activation=m.meta_activation)
 
 
 @contextmanager
