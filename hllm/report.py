@@ -364,6 +364,7 @@ def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
     if summary["steps"]:
         parts.append("<h2>Steps</h2>")
         parts.append(_table(["step", "wall s", "cached", "started"],
-                            [[n, s.get("seconds", ""), "yes" if s.get("cached") else "no",
+                            [[n, f"{s['seconds']:.1f}" if s.get("seconds") is not None else "",
+                              "yes" if s.get("cached") else "no",
                               s.get("started_at") or ""] for n, s in summary["steps"].items()]))
     return page("HLLM run report", parts)

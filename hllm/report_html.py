@@ -15,7 +15,7 @@ from typing import Any, Sequence
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
          "color:#222}h2{margin-top:1.6em;border-bottom:1px solid #eee;padding-bottom:.2em}"
          "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
-         "padding:3px 8px;text-align:left;font-size:13px;vertical-align:top}"
+         "padding:3px 8px;text-align:left;font-size:13px;vertical-align:top;overflow-wrap:anywhere}"
          "td.num{text-align:right;font-variant-numeric:tabular-nums}"
          "tr.fail td{background:#ffebe9}.bad{color:#b00}"
          ".verdict{padding:.8em 1.2em;border-radius:6px;margin:1em 0;font-size:15px}"

@@ -101,7 +101,7 @@ def render_html(summary: dict[str, Any], histories: dict[str, list[dict[str, Any
                   table(["tag", "value"], sorted((reg.get("tags") or {}).items()))]
     if summary.get("steps"):
         parts += ["<h2>Steps</h2>", table(["step", "wall s", "cached"],
-                                          [[n, s.get("seconds") or 0.0, "yes" if s.get("cached") else "no"]
+                                          [[n, f"{s.get('seconds') or 0.0:.1f}", "yes" if s.get("cached") else "no"]
                                            for n, s in summary["steps"].items()])]
     return page(f"LLM4MSR run {summary.get('pipeline_run_id', '')}", parts)
 
