@@ -28,7 +28,7 @@ RULES: list[tuple[str, str | None]] = [
      "running training steps (minutes)"),
     (r"torchrun|.*configs/(hllm-1b|fsdp)|python bench/(item_batches|train_step_mfu)\.py",
      "GPU-sized or multi-process training (minutes to hours)"),
-    (r"hllm train|hllm pipeline run|hllm msr (train|knowledge|compare)", "trains or runs an LLM (minutes)"),
+    (r"hllm train|hllm pipeline run|hllm msr (train|knowledge|compare|probe)", "trains or runs an LLM (minutes)"),
     (r"hllm features build .*--embed-preset", "embeds every item with SmolLM2 (minutes, cold cache)"),
     (r"hllm (evaluate|compare|register|export-onnx|explain|msr (evaluate|register|explain))",
      "needs a trained run under runs/ (made by a skipped command)"),
