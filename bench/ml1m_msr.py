@@ -27,7 +27,6 @@ about half an hour on 2 cores; it is cached by prompt hash, shows progress, and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys

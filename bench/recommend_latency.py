@@ -33,10 +33,10 @@ def saved_pyfunc(run: Path, out: Path):
     import mlflow.pyfunc
 
     from hllm.pyfunc_model import HLLMRecommender, signature
-    from hllm.registry import _rebuild, check_run_dir
+    from hllm.registry import rebuild_model_dir, check_run_dir
 
     config, metrics = check_run_dir(run)
-    artifacts = _rebuild(run, config, metrics, out / "artifacts")
+    artifacts = rebuild_model_dir(run, config, metrics, out / "artifacts")
     mlflow.pyfunc.save_model(str(out / "model"), python_model=HLLMRecommender(),
                              artifacts=artifacts, signature=signature())
     return mlflow.pyfunc.load_model(str(out / "model"))

@@ -281,15 +281,26 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+COMMAND_GROUP = "hllm.commands"
+
+
+def add_registered_commands(sub) -> None:
+    """Commands that installed packages register under the `hllm.commands` entry-point group
+    (the pipelines add `hllm pipeline`): the library depends on none of them, and kfp loads
+    only when a pipeline command runs."""
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hllm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"hllm {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from pipelines.cli import add_pipeline_parser  # kfp loads only when a pipeline command runs
-
-    add_pipeline_parser(sub)
+    add_registered_commands(sub)
 
     p = sub.add_parser("validate", help="check the data with Great Expectations; exit 1 on failure")
     p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")

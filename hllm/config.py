@@ -133,20 +133,20 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
+        return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
 # ---------------------------------------------------------------- presets
 
-def _tiny_llama(hidden: int = 32, layers: int = 2, heads: int = 4) -> dict[str, Any]:
+def tiny_llama(hidden: int = 32, layers: int = 2, heads: int = 4) -> dict[str, Any]:
     return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                 num_key_value_heads=heads, intermediate_size=2 * hidden, vocab_size=260,
                 max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False)
@@ -157,9 +157,9 @@ def cpu_tiny() -> Config:
     return Config(
         preset="cpu-tiny",
         data=DataConfig(max_history=20),
-        item_llm=ItemLLMConfig(arch=_tiny_llama(), init="random", tokenizer="bytes",
+        item_llm=ItemLLMConfig(arch=tiny_llama(), init="random", tokenizer="bytes",
                                trainable="full", prompt="", max_text_len=48),
-        user_llm=UserLLMConfig(arch=_tiny_llama()),
+        user_llm=UserLLMConfig(arch=tiny_llama()),
         sasrec=SASRecConfig(hidden=32, layers=2, heads=2, dropout=0.0),
         train=TrainConfig(epochs=2, batch_size=16, lr=1e-3, num_negatives=64, patience=2),
     )
@@ -356,12 +356,12 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and not dotted.endswith(".arch"):
-            flat.update(_flatten(value, dotted + "."))
+            flat.update(flatten(value, dotted + "."))
         else:
             flat[dotted] = value
     return flat
@@ -376,7 +376,7 @@ def read_config_file(config_file: str | Path) -> tuple[str | None, dict[str, Any
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = loaded.pop("base", None)
-    return base, _flatten(loaded)
+    return base, flatten(loaded)
 
 
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
@@ -403,4 +403,4 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     """Rebuild a Config saved by `Config.to_dict` (the run directory's config.yaml)."""
     tree = dict(tree)
     preset = tree.pop("preset", "custom")
-    return replace(Config(preset=preset), _flatten(tree))
+    return replace(Config(preset=preset), flatten(tree))

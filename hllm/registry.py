@@ -123,7 +123,7 @@ def _validation_path(run_dir: Path, validation: str | Path | None) -> Path | Non
     return default if default.is_file() else None
 
 
-def _rebuild(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], out: Path):
+def rebuild_model_dir(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], out: Path):
     """Rebuild the run's model on CPU, check the split is the evaluated one, write artifacts."""
     import torch
 
@@ -160,7 +160,7 @@ def prepare(run_dir: Path, workdir: Path, *, onnx: bool | None, onnx_dir: str | 
     validation_tags = lineage.validation_tags(validation_file) if validation_file else None
     features = lineage.feature_view_versions(Path(feature_repo)) if feature_repo else None
     onnx_path = resolve_onnx(run_dir, model_name, onnx, onnx_dir)
-    artifacts = _rebuild(run_dir, config, metrics, workdir / "recommender")
+    artifacts = rebuild_model_dir(run_dir, config, metrics, workdir / "recommender")
     prepared = _Prepared(run_dir, config, metrics, model_name, dataset, artifacts, onnx_path)
     prepared.tags = lineage.lineage_tags(
         data_hash=lineage.data_sha256(dataset), split_hash=metrics["split_sha256"],
@@ -174,7 +174,7 @@ def prepare(run_dir: Path, workdir: Path, *, onnx: bool | None, onnx_dir: str | 
 
 # ---------------------------------------------------------------- MLflow writes
 
-def _tracking_uri(run_dir: Path, explicit: str | None) -> str:
+def run_tracking_uri(run_dir: Path, explicit: str | None) -> str:
     recorded = tracking.recorded_run(run_dir) or {}
     uri = tracking.resolve_uri(explicit) or recorded.get("tracking_uri")
     if not uri:
@@ -194,7 +194,7 @@ def _training_run(client, run_dir: Path, uri: str, experiment: str | None) -> st
     return tracking.log_run(run_dir, uri, experiment)
 
 
-def _code_dir(workdir: Path) -> Path:
+def code_dir(workdir: Path) -> Path:
     """A clean copy of the hllm package, shipped with the model so serving needs no install."""
     target = workdir / "code" / "hllm"
     shutil.copytree(Path(__file__).resolve().parent, target,
@@ -211,7 +211,7 @@ def _log_recommender(prep: _Prepared, workdir: Path):
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         return mlflow.pyfunc.log_model(
             name="recommender", python_model=HLLMRecommender(), artifacts=prep.artifacts,
-            signature=signature(), code_paths=[str(_code_dir(workdir))],
+            signature=signature(), code_paths=[str(code_dir(workdir))],
             pip_requirements=pip_requirements(),
             metadata={"hllm_run_dir": str(prep.run_dir.resolve())})
 
@@ -247,7 +247,7 @@ def _installed(dist: str) -> bool:
         return False
 
 
-class _Rollback:
+class Rollback:
     """Undo log of registry writes, replayed in reverse when a later step fails.
 
     As a context manager: an exception inside undoes every write made so far; an
@@ -261,7 +261,7 @@ class _Rollback:
         self.steps: list[tuple[str, Any]] = []
         self.left: list[str] = []  # writes the undo could not take back (server gone)
 
-    def __enter__(self) -> "_Rollback":
+    def __enter__(self) -> "Rollback":
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
@@ -355,7 +355,7 @@ def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-ite
     from mlflow.tracking import MlflowClient
 
     run_dir = Path(run_dir)
-    uri = _tracking_uri(run_dir, tracking_uri)
+    uri = run_tracking_uri(run_dir, tracking_uri)
     for key, value in tracking.REGISTRY_HTTP_DEFAULTS.items():  # seconds, not minutes, of retries
         os.environ.setdefault(key, value)
     tracking.check_server(uri)
@@ -366,7 +366,7 @@ def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-ite
                        feature_repo=feature_repo)
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
-        with _Rollback(client, f"{run_dir}: registering in MLflow at {uri}") as rollback:
+        with Rollback(client, f"{run_dir}: registering in MLflow at {uri}") as rollback:
             run_id = _training_run(client, run_dir, uri, experiment)
             tags = {**prep.tags, "mlflow_run_id": run_id}
             targets = [(name, "recommender")] + ([(onnx_name, "onnx")] if prep.onnx_dir else [])

@@ -27,8 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from hllm.report_html import comparisons, epoch_table, page, table as _table, verdict
-from hllm.report_html import fmt as _fmt
+from hllm.report_html import comparisons, epoch_table, fmt, page, table, verdict
 
 TEST_METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 RECALL_KS = (10, 50, 200)
@@ -77,7 +76,7 @@ def log_metrics(artifact: Any, values: dict[str, Any], names: Sequence[str] = TE
 
 # ---------------------------------------------------------------- reading a run
 
-def _json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -96,7 +95,7 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return steps, epochs
 
 
-def _validation_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+def validation_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
     if report is None:
         return None
     checks = report.get("checks", [])
@@ -107,7 +106,7 @@ def _validation_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _model_summary(run: Path) -> dict[str, Any] | None:
-    metrics = _json(run / "metrics.json")
+    metrics = read_json(run / "metrics.json")
     if metrics is None:
         return None
     return {"metrics": {k: metrics[k] for k in TEST_METRICS if k in metrics},
@@ -118,7 +117,7 @@ def _model_summary(run: Path) -> dict[str, Any] | None:
 
 
 def _onnx_summary(directory: Path) -> dict[str, Any] | None:
-    manifest = _json(directory / "export.json")
+    manifest = read_json(directory / "export.json")
     if manifest is None:
         return None
     parity = manifest.get("parity_vs_pytorch", {})
@@ -133,14 +132,14 @@ def summarize(run_dir: str | Path, *, steps: dict[str, dict[str, Any]] | None = 
               pipeline_run_id: str = "") -> dict[str, Any]:
     """The summary of a run directory (see the module docstring for its layout)."""
     run = Path(run_dir)
-    validation = _validation_summary(_json(run / "validate" / "validation.json"))
+    validation = validation_summary(read_json(run / "validate" / "validation.json"))
     models = {name: s for name, d in MODELS.items() if (s := _model_summary(run / d))}
     for name in models:  # re-scored evidence, when the evaluate step ran
         evaluated = _model_summary(run / f"evaluate_{name}")
         if evaluated:
             models[name]["evaluated_metrics"] = evaluated["metrics"]
-    registration = _json(run / "register" / "registration.json")
-    gate = _json(run / "gate" / "gate.json")
+    registration = read_json(run / "register" / "registration.json")
+    gate = read_json(run / "gate" / "gate.json")
     status = "completed" if gate else ("rejected" if validation and not validation["success"]
                                        else "incomplete")
     step_rows = {name: dict(steps.get(name, {})) for name in STEP_ORDER if name in (steps or {})}
@@ -183,9 +182,9 @@ def write_rejected(validation_dir: str | Path, summary_path: str | Path, *,
                    steps: dict[str, dict[str, Any]] | None = None,
                    pipeline_run_id: str = "") -> dict[str, Any]:
     """summary.json for a run stopped by validation: nothing trained, nothing registered."""
-    report = _json(Path(validation_dir) / "validation.json")
+    report = read_json(Path(validation_dir) / "validation.json")
     summary = {"pipeline_run_id": pipeline_run_id, "status": "rejected",
-               "validation": _validation_summary(report), "models": {}, "registry": None,
+               "validation": validation_summary(report), "models": {}, "registry": None,
                "onnx": None, "gate": None, "steps": steps or {},
                "steps_wall_seconds": round(sum((s.get("seconds") or 0)
                                                for s in (steps or {}).values()), 3)}
@@ -313,7 +312,7 @@ def _segment_tables(models: dict[str, Any]) -> list[str]:
     return ["<h2>Test metrics by segment</h2><p>warm: target seen in training; long_tail: "
             "target among the 80% least-popular items; cold: target never seen in training "
             "(data.cold_items holds the newest items out).</p>",
-            _table(["model", "segment", "users", *SEGMENT_METRICS], rows)]
+            table(["model", "segment", "users", *SEGMENT_METRICS], rows)]
 
 
 def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
@@ -327,7 +326,7 @@ def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
              *comparisons(gate, "ID baseline (SASRec)")]
     if models:
         parts.append("<h2>Test metrics</h2>")
-        parts.append(_table(["model", *TEST_METRICS],
+        parts.append(table(["model", *TEST_METRICS],
                             [[n, *(m["metrics"].get(k, "") for k in TEST_METRICS)]
                              for n, m in models.items()]))
         parts += _segment_tables(models)
@@ -347,8 +346,8 @@ def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
                          f"{html.escape(plan.read_text())}</pre></details>")
     onnx = summary.get("onnx")
     if onnx:
-        parts.append(f"<h2>ONNX export</h2><p>max |ONNX - PyTorch| {_fmt(onnx['max_abs_diff'])}, "
-                     f"min cosine {_fmt(onnx['min_cosine'])}; files "
+        parts.append(f"<h2>ONNX export</h2><p>max |ONNX - PyTorch| {fmt(onnx['max_abs_diff'])}, "
+                     f"min cosine {fmt(onnx['min_cosine'])}; files "
                      f"{html.escape(', '.join(onnx['files'].values()))}</p>")
     validation = summary.get("validation")
     if validation:
@@ -360,10 +359,10 @@ def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
     if registry:
         parts.append(f"<h2>Lineage: {html.escape(registry['model_name'])} version "
                      f"{html.escape(registry['version'])}</h2>")
-        parts.append(_table(["tag", "value"], sorted(registry["tags"].items())))
+        parts.append(table(["tag", "value"], sorted(registry["tags"].items())))
     if summary["steps"]:
         parts.append("<h2>Steps</h2>")
-        parts.append(_table(["step", "wall s", "cached", "started"],
+        parts.append(table(["step", "wall s", "cached", "started"],
                             [[n, f"{s['seconds']:.1f}" if s.get("seconds") is not None else "",
                               "yes" if s.get("cached") else "no",
                               s.get("started_at") or ""] for n, s in summary["steps"].items()]))

@@ -5,7 +5,8 @@
     hllm pipeline run --local --data ../shared/data/ml-100k --preset cpu-default
     hllm pipeline submit --host https://kfp.example.com --data s3://bucket/ml-100k
 
-hllm/cli.py imports this module lazily (the library itself never imports kfp).
+`add_pipeline_parser` is registered as the `pipeline` entry point of the `hllm.commands`
+group (pyproject.toml), which hllm/cli.py loads: the library never imports kfp or this.
 """
 
 from __future__ import annotations

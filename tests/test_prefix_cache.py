@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hllm import storage
-from hllm.config import _tiny_llama, load_config
+from hllm.config import tiny_llama, load_config
 from hllm.distributed import Dist
 from hllm.item_cache import load_or_compute_prefix_states
 from hllm.models.hllm import HLLM
@@ -36,7 +36,7 @@ def topk_cfg(k: int, pooling: str = "item_token", arch: dict | None = None, **ex
         "item_llm.trainable": "top-k", "item_llm.top_k_layers": k, "item_llm.pooling": pooling,
         # Weights far from the 0.02 default, so attention is sharp and a wrong query or
         # position shows in the loss (near-uniform attention would hide it).
-        "item_llm.arch": {**(arch or _tiny_llama(layers=3)), "initializer_range": 0.3}, **extra})
+        "item_llm.arch": {**(arch or tiny_llama(layers=3)), "initializer_range": 0.3}, **extra})
 
 
 def one_step(model: HLLM, split, seed: int = 0):
@@ -118,7 +118,7 @@ def test_a_topk_checkpoint_keeps_only_what_learned_and_reloads(toy_data, tmp_pat
 
     pretrained = tmp_path / "tiny-llm"
     torch.manual_seed(1)
-    AutoModel.from_config(LlamaConfig(**_tiny_llama(layers=3))).save_pretrained(pretrained)
+    AutoModel.from_config(LlamaConfig(**tiny_llama(layers=3))).save_pretrained(pretrained)
     cfg = topk_cfg(1, **{"item_llm.path": str(pretrained), "item_llm.init": "pretrained",
                          "item_llm.arch": {}})
     split = load_split(str(toy_data), cfg)

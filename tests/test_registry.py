@@ -274,7 +274,7 @@ def test_a_failed_registers_undo_never_moves_a_concurrent_registers_alias(mlflow
 
     from mlflow.tracking import MlflowClient
 
-    from hllm.registry import ALIAS, _Rollback
+    from hllm.registry import ALIAS, Rollback
 
     client, name = MlflowClient(mlflow_env), f"concurrent-{uuid.uuid4().hex[:8]}"
     exp = client.create_experiment(f"concurrent-{uuid.uuid4().hex[:8]}")
@@ -284,7 +284,7 @@ def test_a_failed_registers_undo_never_moves_a_concurrent_registers_alias(mlflow
         return client.create_model_version(name, source=run.info.artifact_uri,
                                            run_id=run.info.run_id).version
 
-    a = _Rollback(client, "register A")
+    a = Rollback(client, "register A")
     a.ensure_model(name)
     mine = version_of(client)
     a.steps.append(("version", (name, mine)))
@@ -295,7 +295,7 @@ def test_a_failed_registers_undo_never_moves_a_concurrent_registers_alias(mlflow
     assert client.get_model_version_by_alias(name, ALIAS).version == theirs
     assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == [theirs]
     # Alone, a failed register still undoes everything it did.
-    alone = _Rollback(client, "register C")
+    alone = Rollback(client, "register C")
     other = f"{name}-alone"
     alone.ensure_model(other)
     assert client.get_registered_model(other)

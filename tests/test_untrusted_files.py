@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hllm.config import _tiny_llama
+from hllm.config import tiny_llama
 from hllm.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ def test_model_directory_asking_for_its_own_code_is_refused(tmp_path):
     from hllm.models.pretrained import load_backbone
 
     model_dir, marker = tmp_path / "model", tmp_path / "marker"
-    LlamaForCausalLM(LlamaConfig(**_tiny_llama())).save_pretrained(model_dir)
+    LlamaForCausalLM(LlamaConfig(**tiny_llama())).save_pretrained(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
     (model_dir / "config.json").write_text(json.dumps(config))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hllm.config import SMOLLM2, _flatten, _tiny_llama, _to_plain, resolve_config
+from hllm.config import SMOLLM2, flatten, tiny_llama, to_plain, resolve_config
 from hllm.config import replace as replace_sections
 
 
@@ -96,7 +96,7 @@ class MSRConfig:
     train: MSRTrainConfig = field(default_factory=MSRTrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))  # tuples as lists: YAML-safe
+        return to_plain(dataclasses.asdict(self))  # tuples as lists: YAML-safe
 
 
 def cpu_default() -> MSRConfig:
@@ -109,7 +109,7 @@ def cpu_tiny() -> MSRConfig:
     return MSRConfig(
         preset="cpu-tiny",
         model=MSRModelConfig(embed_dim=8, hidden=(32, 16), meta_hidden=32, dropout=0.0),
-        knowledge=KnowledgeConfig(path=None, arch=_tiny_llama(), tokenizer="bytes",
+        knowledge=KnowledgeConfig(path=None, arch=tiny_llama(), tokenizer="bytes",
                                   chat_template=False, max_prompt_tokens=256),
         train=MSRTrainConfig(epochs=3, batch_size=128, lr=5e-3, patience=2),
     )
@@ -133,4 +133,4 @@ def config_from_dict(tree: dict[str, Any]) -> MSRConfig:
     """Rebuild an MSRConfig saved by `MSRConfig.to_dict` (a run directory's config.yaml)."""
     tree = dict(tree)
     preset = tree.pop("preset", "custom")
-    return replace(MSRConfig(preset=preset), _flatten(tree))
+    return replace(MSRConfig(preset=preset), flatten(tree))

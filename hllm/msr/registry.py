@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hllm import lineage, tracking
 from hllm.errors import ConfigError, DataError
-from hllm.registry import ALIAS, Registration, _code_dir, _Rollback, _tracking_uri
+from hllm.registry import ALIAS, Registration, code_dir, Rollback, run_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def register_msr(run_dir: str | Path, name: str = "llm4msr", *, validation: str 
     from hllm.pyfunc_model import pip_requirements
 
     run_dir = Path(run_dir)
-    uri = _tracking_uri(run_dir, tracking_uri)
+    uri = run_tracking_uri(run_dir, tracking_uri)
     tracking.check_server(uri)
     run, vtags = _check(run_dir, validation)
     features = lineage.feature_view_versions(Path(feature_repo)) if feature_repo else None
@@ -85,7 +85,7 @@ def register_msr(run_dir: str | Path, name: str = "llm4msr", *, validation: str 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp_name = experiment or EXPERIMENT
-    with _Rollback(client, f"{run_dir}: registering in MLflow at {uri}") as rollback:
+    with Rollback(client, f"{run_dir}: registering in MLflow at {uri}") as rollback:
         exp = client.get_experiment_by_name(exp_name)
         exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
         with tempfile.TemporaryDirectory(prefix="hllm-msr-register-") as tmp:
@@ -112,7 +112,7 @@ def register_msr(run_dir: str | Path, name: str = "llm4msr", *, validation: str 
                     warnings.filterwarnings("ignore", message=".*input example was not provided")
                     info = mlflow.pyfunc.log_model(
                         name="scorer", python_model=MSRScorer(), artifacts=artifacts,
-                        signature=signature(), code_paths=[str(_code_dir(Path(tmp)))],
+                        signature=signature(), code_paths=[str(code_dir(Path(tmp)))],
                         pip_requirements=pip_requirements())
         tags = {**tags, "mlflow_run_id": run_id}
         rollback.ensure_model(name)

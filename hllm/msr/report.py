@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hllm.report import _json, _validation_summary
+from hllm.report import read_json, validation_summary
 from hllm.report_html import comparisons, epoch_table, page, table, verdict
 
 STEP_ORDER = ("validate", "features", "knowledge", "train_backbone", "train_llm4msr",
@@ -29,7 +29,7 @@ MODELS = ("backbone", "llm4msr")
 
 
 def _model(run: Path, evaluated: Path) -> dict[str, Any] | None:
-    metrics = _json(evaluated / "metrics.json") or _json(run / "metrics.json")
+    metrics = read_json(evaluated / "metrics.json") or read_json(run / "metrics.json")
     if metrics is None:
         return None
     keep = {k: v for k, v in metrics.items() if k.startswith(("auc", "logloss"))}
@@ -41,11 +41,11 @@ def _model(run: Path, evaluated: Path) -> dict[str, Any] | None:
 def summarize(run_dir: str | Path, *, steps: dict[str, dict[str, Any]] | None = None,
               pipeline_run_id: str = "") -> dict[str, Any]:
     run = Path(run_dir)
-    validation = _validation_summary(_json(run / "validate" / "validation.json"))
+    validation = validation_summary(read_json(run / "validate" / "validation.json"))
     models = {m: s for m in MODELS if (s := _model(run / f"train_{m}", run / f"evaluate_{m}"))}
-    registration = _json(run / "register" / "registration.json")
-    gate = _json(run / "gate" / "gate.json")
-    knowledge = _json(run / "knowledge" / "knowledge.json")
+    registration = read_json(run / "register" / "registration.json")
+    gate = read_json(run / "gate" / "gate.json")
+    knowledge = read_json(run / "knowledge" / "knowledge.json")
     status = "completed" if gate else ("rejected" if validation and not validation["success"]
                                        else "incomplete")
     step_rows = {n: dict((steps or {})[n]) for n in STEP_ORDER if n in (steps or {})}
@@ -114,6 +114,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     summary = summarize(run_dir, steps=steps, pipeline_run_id=pipeline_run_id)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     histories = {m: h for m in MODELS
-                 if (h := (_json(Path(run_dir) / f"train_{m}" / "metrics.json") or {}).get("history"))}
+                 if (h := (read_json(Path(run_dir) / f"train_{m}" / "metrics.json") or {}).get("history"))}
     (out / "report.html").write_text(render_html(summary, histories))
     return summary
