@@ -29,9 +29,9 @@ import tempfile
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from hllm import tracking
 from hllm.errors import BusyError, ConfigError, HLLMError
 from hllm.evaluate import paired_bootstrap, per_user_metric
 from hllm.experiment import ALIASES, ABConfig, load_ab_config
+from hllm.gate_rules import Check, Evidence, TaskRules
 from hllm.segments import load_masks
 
 log = logging.getLogger(__name__)
@@ -47,30 +48,6 @@ CHAMPION, CHALLENGER, PREVIOUS = ALIASES
 METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 GATE_EXPERIMENT = "hllm-gate"
 SEGMENTS_FILE = "test_segments.npz"
-
-
-@dataclass
-class Evidence:
-    """One model's offline evaluation: test metrics, split hash and per-user ranks."""
-
-    label: str
-    metrics: dict[str, Any]
-    ranks: np.ndarray | None = None  # ranking task: per-user rank of the held-out item
-    segments: dict[str, np.ndarray] | None = None  # ranking task: per-user segment masks
-    predictions: dict[str, np.ndarray] | None = None  # ctr task: label, probability, scenario per row
-
-    @property
-    def split(self) -> str:
-        return str(self.metrics.get("split_sha256", ""))
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: str
-    numbers: dict[str, float] = field(default_factory=dict)
-    against: str = ""  # floor | champion | baseline: what the challenger was measured against
 
 
 @dataclass
@@ -175,16 +152,6 @@ def check_models(cfg: ABConfig, client) -> None:
 
 
 # ---------------------------------------------------------------- the decision
-
-@dataclass
-class TaskRules:
-    """What differs between gate tasks; decide() applies the same order of checks to all."""
-
-    baseline: str  # how the baseline is named in check names and messages
-    bootstrap: Callable[[Evidence, Evidence], dict[str, float]]  # primary metric, a - b, with CI
-    vs_champion: Callable[[Evidence, Evidence], list[Check]]  # beyond the primary uplift
-    vs_baseline: Callable[[Evidence, Evidence], list[Check]] = lambda a, b: []
-
 
 def ranking_rules(cfg: ABConfig) -> TaskRules:
     """Full-ranking evidence: paired bootstrap over users; other metrics within tolerance."""

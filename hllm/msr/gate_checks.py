@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from hllm.experiment import ABConfig
-from hllm.gate import Check, Evidence, TaskRules
+from hllm.gate_rules import Check, Evidence, TaskRules
 from hllm.msr.evaluate import paired_auc_bootstrap
 
 
