@@ -290,6 +290,7 @@ def baseline_rule(margin: str, ci: dict[str, float]) -> tuple[bool, str]:
     return ci["diff"] > 0, "must be > 0"
 
 
+@tracking.keeps_tracking_uri
 def gate(challenger: str, ab_config: str | Path, baseline: str | Path | None = None,
          tracking_uri: str | None = None, out: str | Path | None = None) -> GateDecision:
     """Decide, log the decision, and on pass move `champion` to the challenger."""

@@ -345,6 +345,7 @@ def _describe_step(kind: str, what: Any) -> str:
     return f"registered model {what}"
 
 
+@tracking.keeps_tracking_uri
 def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-item-llm", *,
              onnx: bool | None = None, onnx_dir: str | Path | None = None,
              pipeline_run_id: str | None = None, validation: str | Path | None = None,

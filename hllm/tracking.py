@@ -19,8 +19,9 @@ import platform
 import subprocess
 import urllib.parse
 import urllib.request
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -210,6 +211,37 @@ def run_metrics(metrics: dict[str, Any], records: list[dict[str, Any]]) -> list[
     return out
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def keeps_tracking_uri(fn: F) -> F:
+    """Put mlflow's tracking URI back as it was when `fn` returns or raises.
+
+    `mlflow.set_tracking_uri` is process-wide and also writes MLFLOW_TRACKING_URI for child
+    processes: a library call that sets it for its own server would leave the caller (a
+    notebook, a test, a long-lived service) talking to that server afterwards, or to
+    nothing once it is gone.
+    """
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import mlflow
+
+        was_set = mlflow.is_tracking_uri_set()
+        before = mlflow.get_tracking_uri() if was_set else None
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            mlflow.set_tracking_uri(before)  # None: unset, as it was
+            if env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = env
+
+    return wrapper  # type: ignore[return-value]
+
+
+@keeps_tracking_uri
 def log_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: str | None = None,
             run_name: str | None = None) -> str:
     """Log a finished run directory as one MLflow run; write RUN/mlflow.json; return the run id."""

@@ -328,12 +328,11 @@ def test_server_gone_between_the_version_and_the_alias_says_what_is_left(
 
     import mlflow
 
-    try:
-        with FaultyProxy(mlflow_env, gone) as proxy:
-            with pytest.raises(RegistryError) as info:
-                register(tracked_run["run"], name, onnx=False, tracking_uri=proxy.url)
-    finally:  # register set mlflow's process-wide URI to the proxy, gone after this test
-        mlflow.set_tracking_uri(mlflow_env)
+    with FaultyProxy(mlflow_env, gone) as proxy:
+        with pytest.raises(RegistryError) as info:
+            register(tracked_run["run"], name, onnx=False, tracking_uri=proxy.url)
+    # mlflow's URI is process-wide: register put back the caller's, not the gone proxy's
+    assert mlflow.get_tracking_uri() == mlflow_env == os.environ["MLFLOW_TRACKING_URI"]
     message = str(info.value)
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     assert versions == [int(kept), int(kept) + 1]  # the new version is still there ...

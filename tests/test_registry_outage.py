@@ -70,3 +70,34 @@ def test_registry_commands_without_a_tracking_uri_say_so_and_write_nothing(tmp_p
         assert done.stderr.strip().splitlines()[-1] == (
             "error: no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
     assert list(cwd.iterdir()) == []  # no mlflow.db
+
+
+def test_library_calls_put_mlflows_process_wide_tracking_uri_back(monkeypatch):
+    """register, gate and log_run set mlflow's URI (and MLFLOW_TRACKING_URI) for their
+    server; the caller's setting, or its absence, is back afterwards, on errors too."""
+    import mlflow
+
+    from hllm.tracking import keeps_tracking_uri
+
+    @keeps_tracking_uri
+    def talks_to(uri: str) -> None:
+        mlflow.set_tracking_uri(uri)
+        raise RuntimeError("server gone")
+
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mlflow.set_tracking_uri(None)
+        with pytest.raises(RuntimeError):
+            talks_to("http://127.0.0.1:1")
+        assert not mlflow.is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:2")
+        with pytest.raises(RuntimeError):
+            talks_to("http://127.0.0.1:1")
+        assert mlflow.get_tracking_uri() == "http://127.0.0.1:2" == os.environ["MLFLOW_TRACKING_URI"]
+    finally:  # this test moved the process-wide URI itself: later tests in this worker must not see it
+        mlflow.set_tracking_uri(before)
+    for fn in ("hllm.registry.register", "hllm.gate.gate", "hllm.tracking.log_run",
+               "hllm.msr.registry.register_msr"):
+        module, name = fn.rsplit(".", 1)
+        assert getattr(__import__(module, fromlist=[name]), name).__wrapped__, fn

@@ -61,6 +61,7 @@ def _metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
+@tracking.keeps_tracking_uri
 def register_msr(run_dir: str | Path, name: str = "llm4msr", *, validation: str | Path | None = None,
                  feature_repo: str | Path | None = None, pipeline_run_id: str | None = None,
                  tracking_uri: str | None = None, experiment: str | None = None) -> Registration:
