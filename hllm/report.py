@@ -283,10 +283,9 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
     return "".join(parts)
 
 
-def _charts(summary: dict[str, Any], run: Path) -> list[str]:
+def _charts(summary: dict[str, Any], logs: dict[str, tuple[list, list]]) -> list[str]:
     step_loss, epoch_loss, valid_ndcg = {}, {}, {}
-    for name, directory in MODELS.items():
-        steps, epochs = read_log(run / directory / "log.jsonl")
+    for name, (steps, epochs) in logs.items():
         if steps:
             step_loss[name] = [(r["step"], r["loss"]) for r in steps]
         if epochs:
@@ -333,8 +332,9 @@ def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
         parts.append("<h2>Training</h2><p class=note>Training loss, and validation NDCG@10 per "
                      "epoch beside it: early stopping and the kept weights follow validation "
                      "NDCG@10.</p>")
-        parts.append("<div class=charts>" + "".join(_charts(summary, run)) + "</div>")
-        histories = {n: read_log(run / MODELS[n] / "log.jsonl")[1] for n in models}
+        logs = {n: read_log(run / d / "log.jsonl") for n, d in MODELS.items()}  # read once
+        parts.append("<div class=charts>" + "".join(_charts(summary, logs)) + "</div>")
+        histories = {n: logs[n][1] for n in models}
         parts.append("<details><summary>Per epoch: loss and validation NDCG@10</summary>"
                      + epoch_table(histories, [("loss", "train_loss"), ("valid N@10", "valid_ndcg@10")],
                                    {n: m.get("best_epoch") for n, m in models.items()})
