@@ -8,10 +8,11 @@ RUN_ID := $(shell date +%Y%m%d-%H%M%S)
 RUN    ?= runs/ml-100k-$(RUN_ID)
 PRESET ?= cpu-default
 PIPELINE ?= hllm
+RUNNER ?= subprocess
 # The HLLM pipeline holds the newest 20% of items out (a measurable cold segment).
 CONFIG ?= $(if $(filter hllm,$(PIPELINE)),configs/cold-items.yaml,)
 
-.PHONY: run test bench screenshots venv gemma clean
+.PHONY: run test bench screenshots venv gemma image test-containers clean
 
 venv: $(STAMP)
 
@@ -38,9 +39,21 @@ gemma: $(STAMP)
 # MLflow + S3 + Feast started on 127.0.0.1: validate, features, HLLM and SASRec, evaluate,
 # ONNX export, register, gate; writes runs/<id>/summary.json + report.html, runs/latest.
 # `make run PIPELINE=llm4msr` runs the LLM4MSR pipeline instead.
+# `make run RUNNER=docker` runs every step in the project image instead (make image first).
 run: $(STAMP)
 	$(BIN)/hllm pipeline run --local --pipeline $(PIPELINE) --data $(DATA) --preset $(PRESET) \
-		$(if $(CONFIG),--config $(CONFIG))
+		$(if $(CONFIG),--config $(CONFIG)) --runner $(RUNNER)
+
+# The CPU image, localhost/hllm:cpu, built here without a registry: a Debian base from
+# Debian's packages, then infra/Dockerfile.cpu over a wheelhouse of the venv's versions
+# (infra/image.sh; installs podman, buildah, runc and mmdebstrap when missing).
+image: $(STAMP)
+	PYTHON=$(BIN)/python infra/image.sh
+
+# The image's properties and the validate and train components inside it (builds or
+# reuses the image); not part of `make test`, see the README for its time.
+test-containers: image
+	HLLM_CONTAINER_TESTS=1 $(BIN)/python -m pytest -q tests/test_containers.py
 
 # Two workers (one torch thread each, tests/conftest.py), a test file per worker at a time so
 # module fixtures are built once: most tests wait on subprocess start-up, not on the cores.

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from hllm.cli_help import add_set_argument, attach_examples
-from hllm.errors import HLLMError
+from hllm.errors import ConfigError, HLLMError
 
 log = logging.getLogger("hllm")
 
@@ -287,11 +287,30 @@ COMMAND_GROUP = "hllm.commands"
 def add_registered_commands(sub) -> None:
     """Commands that installed packages register under the `hllm.commands` entry-point group
     (the pipelines add `hllm pipeline`): the library depends on none of them, and kfp loads
-    only when a pipeline command runs."""
+    only when a pipeline command runs.
+
+    A command whose module cannot be imported (say, an image holding the library only)
+    stays listed and fails with the reason when run; every other command still works.
+    """
     from importlib.metadata import entry_points
 
     for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
-        entry.load()(sub)
+        try:
+            register = entry.load()
+        except ImportError as exc:
+            reason = (f"`hllm {entry.name}` is unavailable here: {exc} (registered by "
+                      f"{entry.value}; install the package that provides it)")
+            p = sub.add_parser(entry.name, help=f"(unavailable: {exc})", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=_unavailable(reason))
+            continue
+        register(sub)
+
+
+def _unavailable(reason: str):
+    def run(args: argparse.Namespace) -> int:
+        raise ConfigError(reason)
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:

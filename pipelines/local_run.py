@@ -32,11 +32,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hllm.errors import ConfigError
+from pipelines import containers
 from pipelines.step_log import routed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AB_CONFIG = ROOT / "configs" / "ab" / "hllm-rollout.yaml"
 CACHE_DIR = ".kfp-cache"
+CACHE_DIRS = {"subprocess": CACHE_DIR, "docker": ".kfp-cache-docker"}
+RUNNERS = tuple(CACHE_DIRS)
+CONTAINER_CACHE = ".container-cache"  # HLLM_CACHE of the steps run in containers
 PIPELINES = ("hllm", "llm4msr")
 # Per pipeline: A/B config (gate), registered model name.
 DEFAULTS = {"hllm": (DEFAULT_AB_CONFIG, "hllm"),
@@ -113,11 +117,14 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
               onnx_name: str = "hllm-item-llm", config_file: str = "",
               max_history: int = 50, min_user_interactions: int = 3,
               caching: bool = True, platform=None, pipeline: str = "hllm",
-              verbose: bool = False) -> LocalRun:
+              verbose: bool = False, runner: str = "subprocess",
+              image: str | None = None) -> LocalRun:
     """Run a training pipeline (hllm or llm4msr) locally end to end; returns the run and its summary.
 
     The terminal gets a line per step (pipelines.step_log); each step's full log goes to
     RUN/logs/<step>.log. verbose: the full logs on the terminal as well.
+    runner: subprocess (steps in this environment) | docker (steps in `image`, see
+    pipelines.containers; run `make image` first).
     """
     from kfp import local
 
@@ -129,6 +136,8 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
 
     if pipeline not in PIPELINES:
         raise ConfigError(f"unknown pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
+    if runner not in RUNNERS:
+        raise ConfigError(f"unknown runner {runner!r} (known: {', '.join(RUNNERS)})")
     if pipeline == "hllm":
         from hllm.report import write_report
         from pipelines.training import build_pipeline
@@ -143,27 +152,45 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
         from hllm.tracking import resolve_uri
 
         resolve_uri(tracking_uri)  # refuses a URI holding a password before anything starts
-    data = str(Path(data).resolve())
+    data = data if str(data).startswith("s3://") else str(Path(data).resolve())
+    # Steps in containers see the host's paths only where they are mounted, at the same place.
+    config_file = str(Path(config_file).resolve()) if config_file else ""
     runs = Path(runs_dir).resolve()
     run_id, run_dir = new_run_dir(runs, run_id, Path(data).name)
     pipeline_root = run_dir / "kfp"
     pipeline_root.mkdir()
     # Retries stay on (an MLflow hiccup is as transient here), with a short backoff.
     platform = platform or replace(Platform.from_env(), retries=1, retry_backoff="2s")
+    if runner == "docker":
+        platform = replace(platform, image=image or containers.DEFAULT_IMAGE)
     services = (nullcontext(None) if tracking_uri
                 else embedded_services(runs / ".services" / run_id))
-    with services as svc:
+    engine = containers.container_engine() if runner == "docker" else nullcontext(None)
+    with services as svc, engine as docker_host:
         uri = tracking_uri or svc.tracking_uri
         # Unbuffered: a step's log lines reach RUN/logs and the progress lines as they are
         # written, not in one block when the step's process exits.
         env = {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1", **(svc.env if svc else {})}
+        if docker_host:
+            containers.check_image(platform.image, docker_host)
+            env["DOCKER_HOST"] = docker_host  # read by kfp.local's docker client
+            cache = runs / CONTAINER_CACHE
+            user = containers.owned_by_image_user(pipeline_root, cache)
+            mounted = [Path(ab_config).resolve(), *([Path(config_file)] if config_file else []),
+                       *([] if data.startswith("s3://") else [Path(data)])]
+            task_runner = containers.docker_runner(
+                env={k: v for k, v in env.items() if k != "DOCKER_HOST"},
+                read_only=mounted, cache_dir=cache, user=user)
+        else:
+            task_runner = local.SubprocessRunner(use_venv=False)
         with _environ(env), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             # Resources, GPUs and secrets are cluster settings; kfp.local says so per task.
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-            local.init(runner=local.SubprocessRunner(use_venv=False),
+            # One task cache per runner: a step cached by one is not evidence for the other.
+            local.init(runner=task_runner,
                        pipeline_root=str(pipeline_root), raise_on_error=False,
-                       enable_caching=caching, cache_root=str(runs / CACHE_DIR))
+                       enable_caching=caching, cache_root=str(runs / CACHE_DIRS[runner]))
             args = dict(data=data, data_version=data_version(data, config_file), preset=preset,
                         config_file=config_file, ab_config=str(Path(ab_config).resolve()),
                         registered_name=registered_name, tracking_uri=uri,
@@ -265,6 +292,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="default: configs/ab/hllm-rollout.yaml or configs/ab/llm4msr-rollout.yaml")
     p.add_argument("--registered-name", default=None, help="default: the pipeline's name")
     p.add_argument("--no-cache", action="store_true", help="run every step again")
+    p.add_argument("--runner", default="subprocess", choices=RUNNERS,
+                   help="subprocess: steps in this environment; docker: steps in the project "
+                        "image (make image), on Docker or podman")
+    p.add_argument("--image", default=None,
+                   help=f"the image every step runs in with --runner docker "
+                        f"(default {containers.DEFAULT_IMAGE})")
     p.add_argument("-v", "--verbose", dest="full_logs", action="store_true",
                    help="every step's full log on the terminal too (always in RUN/logs/)")
 
@@ -274,6 +307,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                     run_id=args.run_id, tracking_uri=args.tracking_uri,
                     ab_config=args.ab_config, registered_name=args.registered_name,
                     caching=not args.no_cache, pipeline=args.pipeline,
+                    runner=args.runner, image=args.image,
                     verbose=args.full_logs or getattr(args, "verbose", False))
     print(describe(run))
     return 0 if run.status == "completed" else 1

@@ -42,6 +42,9 @@ class Platform:
     runtime_config: str = "hllm-runtime"  # ConfigMap (infra/k8s/base/runtime-config.yaml)
     retries: int = 2
     retry_backoff: str = "30s"
+    # One image for every step, in place of the components' cpu/cuda images: local
+    # container runs on a machine without GPUs (pipelines.containers). Empty on clusters.
+    image: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -59,6 +62,9 @@ class Platform:
 
     # ------------------------------------------------------------ task decorations
     def size(self, task: PipelineTask, res: Resources) -> PipelineTask:
+        """Requests and limits; every task passes here, so the pinned `image` is set here too."""
+        if self.image:
+            task.set_container_image(self.image)
         task.set_cpu_request(res.cpu).set_memory_request(res.memory)
         task.set_cpu_limit(res.cpu_limit or res.cpu).set_memory_limit(res.memory_limit or res.memory)
         return task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,22 @@ def test_one_spelling_of_set_everywhere():
                  for _, leaf in commands(parser)
                  for action in leaf._actions if "--set" in action.option_strings}
     assert spellings == {SET_METAVAR}
+
+
+def test_a_registered_command_that_cannot_load_breaks_only_itself(tmp_path):
+    """An image or venv without a registering package: `hllm` still runs, that command says why."""
+    dist = tmp_path / "broken_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[hllm.commands]\nbroken = no_such_module.cli:add\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "hllm.cli", *a],  # noqa: E731
+                                    capture_output=True, text=True, cwd=ROOT, env=env)
+    listed = run("--help")
+    assert listed.returncode == 0 and "unavailable: No module named 'no_such_module'" in listed.stdout
+    assert run("validate", "--help").returncode == 0
+    refused = run("broken", "anything", "--at-all")
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "`hllm broken` is unavailable here" in lines[0], refused.stderr
+    assert "no_such_module.cli:add" in lines[0]

@@ -57,7 +57,17 @@ def test_compiled_pipeline_uses_only_built_images(tmp_path):
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_base_image_pinned_by_tag(dockerfile):
-    froms = [args.split()[0] for op, args in instructions(INFRA / dockerfile) if op == "FROM"]
+    """FROM names a versioned tag, directly or as the default of a build argument (BASE)."""
+    ops = instructions(INFRA / dockerfile)
+    defaults: dict[str, str] = {}
+    for op, args in ops:
+        if op == "FROM":
+            break
+        if op == "ARG" and "=" in args:
+            key, value = args.split("=", 1)
+            defaults[key.strip()] = value.strip().strip('"')
+    froms = [re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)),
+                    args.split()[0]) for op, args in ops if op == "FROM"]
     assert froms
     for image in froms:
         name, _, tag = image.rpartition(":")
@@ -156,3 +166,18 @@ def test_dockerfile_hygiene(dockerfile):
     user = [args for op, args in ops if op == "USER"][-1].strip()
     # numeric, so the kubelet can enforce runAsNonRoot without resolving a name
     assert re.fullmatch(r"[1-9]\d*(:\d+)?", user), user
+
+
+@pytest.mark.parametrize("module", ["pipelines.training", "pipelines.msr"])
+def test_a_platform_image_replaces_every_steps_image(tmp_path, module):
+    """--runner docker pins one image (no GPU here); clusters keep the cpu/cuda pair."""
+    import importlib
+
+    from pipelines.platform import Platform
+
+    compile_pipeline = importlib.import_module(module).compile_pipeline
+    out = compile_pipeline(str(tmp_path / "p.yaml"), Platform(image="localhost/hllm:cpu"))
+    spec = next(yaml.safe_load_all(Path(out).read_text()))
+    used = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    assert used == {"localhost/hllm:cpu"}
+    assert len(spec["deploymentSpec"]["executors"]) >= 9
