@@ -92,11 +92,15 @@ def check_image(image: str, docker_host: str) -> None:
     """Refuse to start when the image is not there (kfp.local would try to pull it)."""
     import docker
 
-    client = docker.DockerClient(base_url=docker_host, timeout=30)
     try:
-        tags = {t for img in client.images.list() for t in img.tags}
-    finally:
-        client.close()
+        client = docker.DockerClient(base_url=docker_host, timeout=30)
+        try:
+            tags = {t for img in client.images.list() for t in img.tags}
+        finally:
+            client.close()
+    except docker.errors.DockerException as exc:
+        raise HLLMError(f"no container engine answers at {docker_host} ({exc}); unset "
+                        "DOCKER_HOST to let the run start podman, or start the engine") from None
     wanted = image if ":" in image.rsplit("/", 1)[-1] else f"{image}:latest"
     if wanted not in tags:
         raise ConfigError(f"image {image} is not in the container engine at {docker_host}: "
@@ -132,3 +136,41 @@ def docker_runner(*, env: dict[str, str], read_only: list[Path], cache_dir: Path
     return local.DockerRunner(network_mode="host", user=user, read_only=True,
                               tmpfs={"/tmp": "rw,size=2g", IMAGE_HOME: "rw,size=256m"},
                               mounts=mounts, environment=env)
+
+
+@contextmanager
+def steps_in_containers(docker_host: str) -> Iterator[None]:
+    """For the length of a run: kfp.local's docker client talks to `docker_host`, and each
+    step's exit code is read before its container goes (see `run_container`)."""
+    from kfp.local import docker_task_handler
+
+    saved_host = os.environ.get("DOCKER_HOST")
+    saved_run = docker_task_handler.run_docker_container
+    os.environ["DOCKER_HOST"] = docker_host
+    docker_task_handler.run_docker_container = run_container
+    try:
+        yield
+    finally:
+        docker_task_handler.run_docker_container = saved_run
+        if saved_host is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = saved_host
+
+
+def run_container(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
+    """Run one step's container to its end and return its exit code.
+
+    Replaces kfp.local's own (2.17), which starts the container with auto_remove=True and,
+    when the container is already gone by the time it asks for the exit code, assumes 0:
+    a step that failed within seconds was reported as succeeded (tests/test_containers.py
+    shows it). Here the container is removed only after its code is read.
+    """
+    container = client.containers.run(image=image, command=command, volumes=volumes,
+                                      detach=True, stdout=True, stderr=True, **run_args)
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            print(chunk.decode(errors="replace"), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)

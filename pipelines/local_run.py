@@ -173,17 +173,17 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
         env = {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1", **(svc.env if svc else {})}
         if docker_host:
             containers.check_image(platform.image, docker_host)
-            env["DOCKER_HOST"] = docker_host  # read by kfp.local's docker client
             cache = runs / CONTAINER_CACHE
             user = containers.owned_by_image_user(pipeline_root, cache)
             mounted = [Path(ab_config).resolve(), *([Path(config_file)] if config_file else []),
                        *([] if data.startswith("s3://") else [Path(data)])]
             task_runner = containers.docker_runner(
-                env={k: v for k, v in env.items() if k != "DOCKER_HOST"},
-                read_only=mounted, cache_dir=cache, user=user)
+                env=env, read_only=mounted, cache_dir=cache, user=user)
         else:
             task_runner = local.SubprocessRunner(use_venv=False)
-        with _environ(env), warnings.catch_warnings():
+        in_containers = (containers.steps_in_containers(docker_host) if docker_host
+                         else nullcontext())
+        with _environ(env), in_containers, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             # Resources, GPUs and secrets are cluster settings; kfp.local says so per task.
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")

@@ -213,17 +213,10 @@ def test_validate_and_train_components_run_in_the_image(tmp_path):
         user = containers.owned_by_image_user(root, cache)
         runner = containers.docker_runner(env={"PYTHONUNBUFFERED": "1"},
                                           read_only=[ML100K, tiny], cache_dir=cache, user=user)
-        saved = os.environ.get("DOCKER_HOST")
-        os.environ["DOCKER_HOST"] = docker_host
-        try:
+        with containers.steps_in_containers(docker_host):
             local.init(runner=runner, pipeline_root=str(root), raise_on_error=True,
                        enable_caching=False)
             check(data=str(ML100K), config_file=str(tiny))
-        finally:
-            if saved is None:
-                os.environ.pop("DOCKER_HOST")
-            else:
-                os.environ["DOCKER_HOST"] = saved
     [report] = root.glob("*/validate-data/report")
     assert "expectations" in report.read_text()
     [metrics] = root.glob("*/train-sasrec/model/metrics.json")
@@ -232,3 +225,37 @@ def test_validate_and_train_components_run_in_the_image(tmp_path):
     # Written by the image's user inside the container, not by this process.
     if os.geteuid() == 0:
         assert metrics.stat().st_uid == 10001
+
+
+def test_a_missing_image_is_refused_before_any_step_with_the_fix_named():
+    from hllm.errors import ConfigError
+    from pipelines import containers
+
+    with containers.container_engine() as docker_host:
+        containers.check_image(IMAGE, docker_host)  # the built one passes
+        with pytest.raises(ConfigError, match=r"localhost/hllm:no-such-tag .*`make image`"):
+            containers.check_image("localhost/hllm:no-such-tag", docker_host)
+
+
+def test_a_step_that_fails_in_its_container_fails_the_run(tmp_path):
+    """The container exits 1 (an unknown preset): the run must say failed, not succeeded."""
+    from kfp import dsl, local
+
+    import components as c
+    from pipelines import containers
+
+    root, cache = tmp_path / "kfp", tmp_path / "cache"
+
+    @dsl.pipeline(name="containers-failure")
+    def failing(data: str):
+        c.train_sasrec(data=data, data_version="t", preset="no-such-preset",
+                       config_file="").set_container_image(IMAGE)
+
+    with containers.container_engine() as docker_host:
+        user = containers.owned_by_image_user(root, cache)
+        runner = containers.docker_runner(env={}, read_only=[ML100K], cache_dir=cache, user=user)
+        with containers.steps_in_containers(docker_host):
+            local.init(runner=runner, pipeline_root=str(root), raise_on_error=True,
+                       enable_caching=False)
+            with pytest.raises(RuntimeError, match="train-sasrec"):
+                failing(data=str(ML100K))

@@ -181,3 +181,11 @@ def test_a_platform_image_replaces_every_steps_image(tmp_path, module):
     used = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
     assert used == {"localhost/hllm:cpu"}
     assert len(spec["deploymentSpec"]["executors"]) >= 9
+
+
+def test_docker_runner_with_no_engine_answering_is_one_clear_error(tmp_path):
+    from hllm.errors import HLLMError
+    from pipelines.containers import check_image
+
+    with pytest.raises(HLLMError, match=r"no container engine answers at unix://.*dead.sock"):
+        check_image("localhost/hllm:cpu", f"unix://{tmp_path}/dead.sock")
