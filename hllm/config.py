@@ -109,6 +109,10 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
     seed: int = 42
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
+    # Deterministic kernels (hllm.determinism): auto = on for CPU training, where two runs
+    # then agree bit for bit (without, HLLM's N@10 differed in the fifth decimal), off on
+    # CUDA | on | off
+    deterministic: str = "auto"
     # Data parallelism under torchrun: ddp (every rank holds the whole model) | fsdp (FSDP2
     # full shard: each transformer layer, each tower and the rest sharded over the ranks).
     # Activation checkpointing stays item_llm/user_llm.gradient_checkpointing.

@@ -46,10 +46,12 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from hllm import determinism
 from hllm.atomic import recover_dir, swap_dir
 from hllm.config import Config, config_from_dict
 from hllm.data.readers import read_dataset
 from hllm.data.split import SplitData, build_split
+from hllm.determinism import deterministic_algorithms
 from hllm.distributed import (Dist, all_reduce_sum, barrier, full_optimizer_state_dict,
                               full_state_dict, gather_with_grad, init_distributed, is_fsdp,
                               load_full_optimizer_state_dict, load_full_state_dict, pick_device,
@@ -179,6 +181,9 @@ class Trainer:
         self.out = Path(out)
         self.dist: Dist = init_distributed()
         self.device = pick_device(self.dist)
+        # Refused here, before any data is read, when the setting is not auto | on | off.
+        self.deterministic = determinism.wanted(cfg.train.deterministic, self.device)
+        self.ran_deterministic: bool | None = None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.progress = self.progress and self.dist.is_main
         self.resume = resume
@@ -331,13 +336,16 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         t_start = time.perf_counter()
-        while not st.done and not st.stopped_early and st.epoch < cfg.train.epochs:
-            self._train_epoch()
-            if st.done:
-                break
-            self._end_of_epoch()
-        self.timings["train_s"] = self.timings.get("train_s", 0.0) + time.perf_counter() - t_start
-        return self.finish()
+        with deterministic_algorithms(self.deterministic):
+            self.ran_deterministic = torch.are_deterministic_algorithms_enabled()  # as torch ran it
+            while not st.done and not st.stopped_early and st.epoch < cfg.train.epochs:
+                self._train_epoch()
+                if st.done:
+                    break
+                self._end_of_epoch()
+            self.timings["train_s"] = (self.timings.get("train_s", 0.0)
+                                       + time.perf_counter() - t_start)
+            return self.finish()
 
     def _train_epoch(self) -> None:
         cfg, st = self.cfg, self.state
@@ -476,6 +484,7 @@ class Trainer:
                   "best_epoch": self.state.best_epoch, "epochs_run": self.state.epoch,
                   "num_users": self.split.num_users, "num_items": self.split.num_items,
                   "split_sha256": self.split.fingerprint(), "world_size": self.dist.world_size,
+                  "deterministic": self.ran_deterministic,
                   "timings": self.timings, "history": self.state.history}
         if self.dist.is_main:
             write_json(self.out / "metrics.json", result)
@@ -612,4 +621,5 @@ def evaluate_run(run_dir: str | Path, data: str | None = None,
                                epoch=previous.get("epochs_run", 0),
                                history=previous.get("history", []))
     trainer.timings = previous.get("timings", {})
+    trainer.ran_deterministic = previous.get("deterministic")
     return trainer.finish()

@@ -22,6 +22,7 @@ SHARED = ROOT.parent / "shared"
 # (pattern matched at the start of the command, reason to skip or None to run), first match wins.
 RULES: list[tuple[str, str | None]] = [
     (r"make (run|test)\b", "the whole pipeline / the whole suite: what CI and make run do"),
+    (r"make image\b", "builds the container image (minutes; tests/test_containers.py checks it)"),
     (r".*\.\.\.", "arguments elided in the README (`...`)"),
     (r".*s3://datasets|.*kfp\.example\.com", "needs a cluster's bucket or KFP endpoint"),
     (r"python bench/train_step_mfu\.py --derive-memory", "calibrates the memory model by "

@@ -191,3 +191,24 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(toy_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
             == json.loads((part / "metrics.json").read_text())["history"])
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", True), ("off", False)])
+def test_cpu_training_runs_on_deterministic_kernels_unless_told_not_to(toy_data, tmp_path,
+                                                                       setting, expected):
+    """Two processes then agree bit for bit (README: HLLM's N@10 differed in the fifth
+    decimal before). The global torch setting is the caller's again afterwards."""
+    before = torch.are_deterministic_algorithms_enabled()
+    result = train(tiny_cfg(**{"train.epochs": 1, "train.deterministic": setting}), "sasrec",
+                   str(toy_data), tmp_path / setting, progress=False)
+    assert result["deterministic"] is expected
+    assert json.loads((tmp_path / setting / "metrics.json").read_text())["deterministic"] is expected
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_an_unknown_determinism_setting_is_refused_before_reading_data(tmp_path):
+    from hllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.deterministic: 'sometimes' is not one of auto, on, off"):
+        train(tiny_cfg(**{"train.deterministic": "sometimes"}), "sasrec",
+              str(tmp_path / "no-such-data"), tmp_path / "out", progress=False)

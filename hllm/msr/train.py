@@ -25,6 +25,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from hllm.determinism import deterministic_algorithms
 from hllm.errors import ConfigError
 from hllm.msr.backbones import BACKBONES, build_backbone
 from hllm.msr.config import MSRConfig, MSRTrainConfig
@@ -60,17 +61,6 @@ def build_model(cfg: MSRConfig, enc: Encoded, scenario_knowledge: torch.Tensor |
     return LLM4MSR(backbone, scenario_knowledge, user_knowledge, meta_hidden=m.meta_hidden,
                    user_layers=m.meta_user_layers, scenario_layers=m.meta_scenario_layers,
                    init_scale=m.meta_init_scale, activation=m.meta_activation)
-
-
-@contextmanager
-def deterministic_algorithms(on: bool) -> Iterator[None]:
-    """torch.use_deterministic_algorithms for the duration; the previous setting comes back."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(on or before)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def train_msr(model: nn.Module, enc: Encoded, cfg: MSRTrainConfig, *,
