@@ -51,7 +51,7 @@ image: $(STAMP)
 	PYTHON=$(BIN)/python infra/image.sh
 
 # The image's properties and the validate and train components inside it (builds or
-# reuses the image); not part of `make test`, see the README for its time.
+# reuses the image). Separate from `make test` (it needs root for podman); .ci/run runs both.
 test-containers: image
 	HLLM_CONTAINER_TESTS=1 $(BIN)/python -m pytest -q tests/test_containers.py
 
