@@ -190,16 +190,34 @@ def _leaks_in_layer(data: bytes, name: str) -> list[str]:
 
 # ---------------------------------------------------------------- components in the image
 
+def _run_in_image(pipeline, tmp_path: Path, read_only: list[Path], **args) -> Path:
+    """Run `pipeline(**args)` with kfp.local's DockerRunner on podman, as `--runner docker`
+    does; returns the pipeline root."""
+    from kfp import local
+
+    from pipelines import containers
+
+    root, cache = tmp_path / "kfp", tmp_path / "cache"
+    with containers.container_engine() as docker_host:
+        containers.check_image(IMAGE, docker_host)
+        user = containers.owned_by_image_user(root, cache)
+        runner = containers.docker_runner(env={"PYTHONUNBUFFERED": "1"}, read_only=read_only,
+                                          cache_dir=cache, user=user)
+        with containers.steps_in_containers(docker_host):
+            local.init(runner=runner, pipeline_root=str(root), raise_on_error=True,
+                       enable_caching=False)
+            pipeline(**args)
+    return root
+
+
 def test_validate_and_train_components_run_in_the_image(tmp_path):
     """kfp.local's DockerRunner, on podman, runs two real steps in the image."""
-    from kfp import dsl, local
+    from kfp import dsl
 
     import components as c
-    from pipelines import containers
 
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text("base: cpu-tiny\ntrain:\n  epochs: 1\n  max_steps: 3\n")
-    root, cache = tmp_path / "kfp", tmp_path / "cache"
 
     @dsl.pipeline(name="containers-check")
     def check(data: str, config_file: str):
@@ -208,15 +226,7 @@ def test_validate_and_train_components_run_in_the_image(tmp_path):
         c.train_sasrec(data=data, data_version="t", preset="cpu-tiny",
                        config_file=config_file).set_container_image(IMAGE).after(validate)
 
-    with containers.container_engine() as docker_host:
-        containers.check_image(IMAGE, docker_host)
-        user = containers.owned_by_image_user(root, cache)
-        runner = containers.docker_runner(env={"PYTHONUNBUFFERED": "1"},
-                                          read_only=[ML100K, tiny], cache_dir=cache, user=user)
-        with containers.steps_in_containers(docker_host):
-            local.init(runner=runner, pipeline_root=str(root), raise_on_error=True,
-                       enable_caching=False)
-            check(data=str(ML100K), config_file=str(tiny))
+    root = _run_in_image(check, tmp_path, [ML100K, tiny], data=str(ML100K), config_file=str(tiny))
     [report] = root.glob("*/validate-data/report")
     assert "expectations" in report.read_text()
     [metrics] = root.glob("*/train-sasrec/model/metrics.json")
@@ -239,23 +249,14 @@ def test_a_missing_image_is_refused_before_any_step_with_the_fix_named():
 
 def test_a_step_that_fails_in_its_container_fails_the_run(tmp_path):
     """The container exits 1 (an unknown preset): the run must say failed, not succeeded."""
-    from kfp import dsl, local
+    from kfp import dsl
 
     import components as c
-    from pipelines import containers
-
-    root, cache = tmp_path / "kfp", tmp_path / "cache"
 
     @dsl.pipeline(name="containers-failure")
     def failing(data: str):
         c.train_sasrec(data=data, data_version="t", preset="no-such-preset",
                        config_file="").set_container_image(IMAGE)
 
-    with containers.container_engine() as docker_host:
-        user = containers.owned_by_image_user(root, cache)
-        runner = containers.docker_runner(env={}, read_only=[ML100K], cache_dir=cache, user=user)
-        with containers.steps_in_containers(docker_host):
-            local.init(runner=runner, pipeline_root=str(root), raise_on_error=True,
-                       enable_caching=False)
-            with pytest.raises(RuntimeError, match="train-sasrec"):
-                failing(data=str(ML100K))
+    with pytest.raises(RuntimeError, match="train-sasrec"):
+        _run_in_image(failing, tmp_path, [ML100K], data=str(ML100K))
