@@ -135,6 +135,9 @@ def test_no_secret_in_any_layer_or_in_the_history(tmp_path):
     when nothing secret is copied: the rebuild and the scan of every layer take about
     a minute.
     """
+    wheels = ROOT / "build" / "wheels"
+    if not wheels.is_dir():  # an image built by another checkout: this one has no wheelhouse
+        (pytest.fail if REQUIRED else pytest.skip)(f"{wheels} missing: run `make image` here")
     context = tmp_path / "context"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
                            check=True).stdout.decode().split("\0")
@@ -151,7 +154,7 @@ def test_no_secret_in_any_layer_or_in_the_history(tmp_path):
              "--ignorefile", str(context / "infra" / "Dockerfile.cpu.dockerignore"),
              "--build-arg", "BASE=localhost/hllm-base:bookworm", "--build-arg", "WHEELS=/wheels",
              "--build-arg", f"AWS_SECRET_ACCESS_KEY={CANARY}",
-             "--volume", f"{ROOT / 'build' / 'wheels'}:/wheels:ro",
+             "--volume", f"{wheels}:/wheels:ro",
              "-f", str(context / "infra" / "Dockerfile.cpu"), "-t", tag, str(context)]
     env = {**os.environ, "CONTAINERS_CONF": str(CONF), "AWS_SECRET_ACCESS_KEY": CANARY}
     subprocess.run(build, env=env, check=True, capture_output=True, timeout=1800)
