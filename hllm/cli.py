@@ -10,7 +10,7 @@
     hllm pipeline run --local [--pipeline llm4msr]
 
 `hllm --help` lists every step (features, register, export-onnx, gate, rollback, ab,
-recommend, msr, explain, pipeline).
+recommend, serve, msr, explain, pipeline).
 """
 
 from __future__ import annotations
@@ -208,6 +208,16 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                 for i, s in zip(rec.item_ids, rec.scores)],
                       "ms": round(1000 * rec.seconds, 1)}, indent=2))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hllm.online.server import ServeOptions, serve
+
+    options = ServeOptions(host=args.host, port=args.port, poll_seconds=args.poll_seconds,
+                           workers=args.workers, grace_seconds=args.grace_seconds,
+                           ramp_percent=args.ramp_percent)
+    return serve(args.ab_config, args.exposure_log, feature_repo=args.feature_repo,
+                 data=args.data, options=options)
 
 
 def bootstrap_lines(rows: list[tuple[str, dict]], metric: str = "ndcg@10") -> str:
@@ -432,6 +442,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     p.add_argument("--ramp-percent", type=float, help="current ramp stage's treatment share")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("serve", help="the experiment's model server (KServe, Open Inference "
+                                     "Protocol): both arms, hot swaps, an exposure log")
+    p.add_argument("--ab-config", required=True, help="A/B experiment YAML (arms, split, ramp)")
+    p.add_argument("--exposure-log", required=True,
+                   help="directory or s3:// prefix the exposure and feedback log is appended to")
+    p.add_argument("--feature-repo", help="read histories from this Feast repo's online store")
+    p.add_argument("--data", help="or from this dataset (ranking only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
+                   "a cluster pod passes 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--poll-seconds", type=float, default=30.0,
+                   help="re-read the arms' registry aliases this often; 0: only on "
+                        "POST /v1/admin/refresh (default 30)")
+    p.add_argument("--workers", type=int, default=2, help="scoring threads (default 2)")
+    p.add_argument("--grace-seconds", type=int, default=30,
+                   help="on SIGTERM, wait this long for requests in flight (default 30)")
+    p.add_argument("--ramp-percent", type=float, help="current ramp stage's treatment share")
+    p.set_defaults(func=cmd_serve)
     attach_examples(parser, EXAMPLES)
     return parser
 
@@ -454,6 +483,8 @@ EXAMPLES = {
     "ab validate": "hllm ab validate configs/ab/hllm-rollout.yaml --others configs/ab/",
     "recommend": "hllm recommend --user 196 --ab-config configs/ab/hllm-rollout.yaml "
                  "--feature-repo runs/features",
+    "serve": "hllm serve --ab-config configs/ab/hllm-rollout.yaml --feature-repo runs/features "
+             "--exposure-log runs/exposures",
 }
 
 

@@ -1,0 +1,228 @@
+"""`hllm serve`: the experiment's model server, built on the KServe Python SDK.
+
+    hllm serve --ab-config configs/ab/hllm-rollout.yaml --feature-repo runs/features \\
+        --exposure-log runs/exposures
+
+The same process runs as a KServe predictor in a cluster (infra/k8s) and on 127.0.0.1
+here. Routes besides KServe's own (/v2/health/live, /v2/health/ready, /v2/models/...):
+
+    POST /v1/feedback        {"request_id": ..., "user": ..., "clicked": [item ids]}
+    POST /v1/admin/refresh   re-read the registry now (what the poller does every N s)
+    GET  /v1/serving         each arm's version, swaps so far, exposure-log counters
+
+Readiness is false until every arm's model is loaded; liveness answers from the start.
+SIGTERM: uvicorn stops accepting, finishes the requests in flight, then the exposure log
+writes everything it holds before the process exits, so every answered request is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from hllm import tracking
+from hllm.errors import ConfigError, HLLMError
+from hllm.experiment import load_ab_config
+from hllm.online.arms import ArmModels
+from hllm.online.endpoints import ENDPOINTS, ArmEndpoint, RequestError, now
+from hllm.online.exposure import ExposureLog, LogBackpressure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"  # the embedded default; a cluster pod passes 0.0.0.0
+    port: int = 8080
+    poll_seconds: float = 30.0  # how often the registry's aliases are re-read; 0: never
+    workers: int = 2  # scoring threads (one per core)
+    grace_seconds: int = 30  # how long SIGTERM waits for requests in flight
+    ramp_percent: float | None = None  # the current ramp stage's treatment share
+
+
+def import_kserve_server():
+    """kserve.model_server parses sys.argv when imported; it must not see ours."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import kserve.model_server as model_server
+    finally:
+        sys.argv = argv
+    return model_server
+
+
+def build_app(endpoint: ArmEndpoint, options: ServeOptions):
+    """The uvicorn server with KServe's routes, ours, and readiness tied to the arms."""
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+    from kserve.protocol.rest.server import RESTServer
+
+    model_server = import_kserve_server()
+    app = model_server.app
+
+    repository = ModelRepository()
+    repository.update(endpoint)
+    rest = RESTServer("kserve.model_server:app", DataPlane(repository),
+                      ModelRepositoryExtension(model_registry=repository), options.port,
+                      grace_period=options.grace_seconds)
+    rest.config.host = options.host  # KServe binds 0.0.0.0; the default here is loopback
+
+    # Before KServe's own routes, so these answer: KServe's readiness is true whenever the
+    # port is open, and it logs a traceback for every 503 a probe gets while loading.
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": endpoint.ready}, status_code=200 if endpoint.ready else 503)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}"
+                             f": {e.get('msg')}" for e in exc.errors()[:5])
+        return JSONResponse({"error": f"request body: {problems}"}, status_code=422)
+
+    @app.exception_handler(LogBackpressure)
+    async def backpressure(_: Request, exc: LogBackpressure) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise RequestError(400, "feedback body is not JSON") from None
+        record = feedback_record(body)
+        endpoint.exposures.append(record)
+        return JSONResponse({"logged": True, "request_id": record["request_id"]})
+
+    @app.post("/v1/admin/refresh")
+    async def refresh() -> JSONResponse:
+        try:
+            changes = await endpoint.run(endpoint.arms.refresh)
+        except HLLMError as exc:
+            raise RequestError(502, f"registry refresh failed, still serving the loaded "
+                                    f"versions: {exc}") from exc
+        return JSONResponse({"changes": changes, **status(endpoint)})
+
+    @app.get("/v1/serving")
+    async def serving() -> JSONResponse:
+        return JSONResponse(status(endpoint))
+
+    return rest
+
+
+def feedback_record(body: Any) -> dict[str, Any]:
+    """A click report as a log record, or RequestError(400) naming the bad field."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "feedback must be a JSON object with request_id, user, clicked")
+    unknown = sorted(set(body) - {"request_id", "user", "clicked"})
+    if unknown:
+        raise RequestError(400, f"feedback: unknown field(s) {', '.join(unknown)}")
+    for key in ("request_id", "user"):
+        if not isinstance(body.get(key), str) or not body[key]:
+            raise RequestError(400, f"feedback.{key}: a non-empty string is required")
+    clicked = body.get("clicked")
+    if not isinstance(clicked, list) or not all(isinstance(i, str) for i in clicked):
+        raise RequestError(400, "feedback.clicked: a list of item id strings is required")
+    return {"kind": "feedback", "request_id": body["request_id"], "time": now(),
+            "user": body["user"], "clicked": clicked}
+
+
+def status(endpoint: ArmEndpoint) -> dict[str, Any]:
+    return {"model": endpoint.name, "ready": endpoint.ready,
+            "arms": {arm: {"version": m.version, "ref": m.ref}
+                     for arm, m in endpoint.arms.current().items()},
+            "swaps": endpoint.arms.swaps,
+            "exposure_log": {"root": endpoint.exposures.root,
+                             "pending": endpoint.exposures.pending,
+                             "written": endpoint.exposures.written}}
+
+
+def history_source(feature_repo: str | Path | None, data: str | None):
+    from hllm.serving import DatasetHistory, OnlineHistory
+
+    if feature_repo is not None:
+        return OnlineHistory(feature_repo)
+    if data is not None:
+        return DatasetHistory(data)
+    raise ConfigError("give --feature-repo (the Feast online store) or --data to read "
+                      "users' histories")
+
+
+def check_port(host: str, port: int) -> None:
+    """One line now rather than uvicorn's exit after the models have loaded."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
+                              "--port or stop what holds it") from None
+
+
+def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | None = None,
+          data: str | None = None, options: ServeOptions = ServeOptions()) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code. Errors before serving raise HLLMError."""
+    import torch
+
+    cfg = load_ab_config(ab_config)
+    tracking.registry_uri()  # a dead registry: one line now, not at the first request
+    if cfg.gate.task not in ENDPOINTS:
+        raise ConfigError(f"{ab_config}: gate.task {cfg.gate.task!r} has no serving endpoint")
+    kwargs: dict[str, Any] = {}
+    if ENDPOINTS[cfg.gate.task] is ENDPOINTS["ranking"]:
+        kwargs["history"] = history_source(feature_repo, data)
+    check_port(options.host, options.port)
+    # One line per request at 100s of requests a second is noise; errors still show.
+    for name in ("kserve.trace", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch.set_num_threads(1)  # parallel requests, not parallel kernels, on a few cores
+    exposures = ExposureLog(exposure_log)
+    endpoint = ENDPOINTS[cfg.gate.task](cfg.model, ArmModels(cfg), exposures,
+                                        workers=options.workers,
+                                        ramp_percent=options.ramp_percent, **kwargs)
+    rest = build_app(endpoint, options)
+    stop_polling = threading.Event()
+    failure: list[BaseException] = []
+
+    def load_then_poll() -> None:
+        try:
+            endpoint.load()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failure.append(exc)
+            rest._server.should_exit = True
+            return
+        log.info("ready: %s", {a: m.version for a, m in endpoint.arms.current().items()})
+        if options.poll_seconds > 0:
+            endpoint.arms.poll(options.poll_seconds, stop_polling)
+
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # uvicorn handles the signal, then raises it again once it has shut down; this
+        # handler takes that second delivery, so the log below is still written.
+        signal.signal(sig, lambda number, _frame: received.append(number))
+    threading.Thread(target=load_then_poll, name="arms-load", daemon=True).start()
+    log.info("serving %s on http://%s:%d (exposure log %s)", cfg.model, options.host,
+             options.port, exposures.root)
+    try:
+        asyncio.run(rest.start())
+    finally:
+        stop_polling.set()
+        endpoint.stop()
+        exposures.close()
+        log.info("stopped: %d records in the exposure log", exposures.written)
+    if failure:
+        raise failure[0]
+    return 0
