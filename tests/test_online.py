@@ -305,12 +305,20 @@ def hammer(server: Server, stop: threading.Event, clients: int = 8) -> list[list
 
 
 def test_swap_under_load_fails_no_request(server, served):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(served["uri"])
+    # A new version the server has never loaded (version 1's artifacts, registered again),
+    # so the swap really loads a model while the old one answers.
+    v1 = client.get_model_version(served["model"], "1")
+    fresh = client.create_model_version(served["model"], v1.source, v1.run_id,
+                                        model_id=v1.source.rsplit("/", 1)[-1]).version
     stop = threading.Event()
     result: list = []
     loader = threading.Thread(target=lambda: result.extend(hammer(server, stop)))
     loader.start()
     time.sleep(2)
-    set_alias(served, "challenger", "1")  # the challenger moves (a rollback, a new version)
+    set_alias(served, "challenger", fresh)
     try:
         status, body = server.post("/v1/admin/refresh", {})
         time.sleep(2)
@@ -318,14 +326,15 @@ def test_swap_under_load_fails_no_request(server, served):
         stop.set()
         loader.join()
         set_alias(served, "challenger", "2")
-    assert status == 200 and body["changes"] == [f"treatment: {served['model']} 2 -> 1"], body
+    assert status == 200 and body["changes"] == [f"treatment: {served['model']} 2 -> {fresh}"], body
     answers = [a for client in result for a in client]
     assert len(answers) > 40 and [a for a in answers if a[0] != 200] == []
     for client in result:  # each client saw the old version, then only the new one
-        treated = "".join(outputs(a)["model_version"][0] for _, a in client
-                          if outputs(a)["served"] == ["treatment"])
-        assert treated.startswith("2") and treated.endswith("1")
-        assert treated == "2" * treated.count("2") + "1" * treated.count("1"), treated
+        treated = [outputs(a)["model_version"][0] for _, a in client
+                   if outputs(a)["served"] == ["treatment"]]
+        assert treated[0] == "2" and treated[-1] == fresh
+        switch = treated.index(fresh)
+        assert set(treated[:switch]) == {"2"} and set(treated[switch:]) == {fresh}, treated
     assert server.get("/v1/serving")[1]["swaps"] == 1
 
 
