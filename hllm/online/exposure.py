@@ -20,7 +20,6 @@ end; the server then answers 503, so no recommendation is ever answered unlogged
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import os
@@ -85,8 +84,12 @@ class ExposureLog:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        try:  # a full queue behind a dead sink must not hang the shutdown
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             log.error("exposure log %s: %d records still unwritten after %.0f s",
                       self.root, self.pending, timeout)
@@ -134,7 +137,7 @@ class ExposureLog:
         name = f"date={today}/part-{self._prefix}-{self._seq:06d}{PART_SUFFIX}"
         if storage.is_s3(self.root):
             bucket, key = storage.split_s3(self.root.rstrip("/") + "/" + name)
-            storage.s3_client().upload_fileobj(io.BytesIO(data), bucket, key)
+            storage.s3_client().put_object(Bucket=bucket, Key=key, Body=data)  # one PUT: whole
             return
         path = Path(self.root) / name
         path.parent.mkdir(parents=True, exist_ok=True)
