@@ -23,7 +23,7 @@ import mlflow.pyfunc
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from hllm import tracking
+from hllm import gate, tracking
 from hllm.errors import ConfigError
 from hllm.experiment import ABConfig
 
@@ -43,17 +43,14 @@ class ServedModel:
 
 
 def resolve_version(name: str, ref) -> str:
-    """The registry version an arm's alias points at now (a pinned version as is)."""
-    if ref.version is not None:
-        return str(ref.version)
+    """The registry version an arm names now: its alias resolved, or its pinned version checked."""
     uri = tracking.registry_uri()
-    try:
-        return str(MlflowClient(uri).get_model_version_by_alias(name, ref.alias).version)
-    except Exception as exc:  # noqa: BLE001 - MLflow raises one class for "missing" and outages
-        if tracking.is_not_found(exc):
-            raise ConfigError(f"registered model {name!r} has no alias {ref.alias!r}; "
-                              "`hllm register` sets challenger, `hllm gate` champion") from exc
-        raise tracking.registry_error(exc, uri, f"resolving {name}@{ref.alias}") from exc
+    wanted = str(ref.version) if ref.version is not None else ref.alias
+    version = gate.resolve_version(MlflowClient(uri), name, wanted)
+    if version is None:
+        raise ConfigError(f"registered model {name!r} has no alias {ref.alias!r}; "
+                          "`hllm register` sets challenger, `hllm gate` champion")
+    return str(version)
 
 
 def load_version(name: str, version: str) -> Any:
