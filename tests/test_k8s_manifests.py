@@ -146,7 +146,10 @@ def test_everything_lives_in_the_hllm_namespace():
 
 @pytest.mark.parametrize("item", WORKLOADS, ids=_id)
 def test_containers_are_locked_down(item):
-    _, obj = item
+    check_locked_down(item[1])
+
+
+def check_locked_down(obj: dict) -> None:
     for pod, c in containers(obj):
         where = f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}"
         sc = c.get("securityContext") or {}
@@ -180,7 +183,10 @@ def test_images_pinned(item):
 
 @pytest.mark.parametrize("item", WORKLOADS, ids=_id)
 def test_no_secret_values(item):
-    _, obj = item
+    check_no_secret_values(item[1])
+
+
+def check_no_secret_values(obj: dict) -> None:
     for _, c in containers(obj):
         for env in c.get("env", []):
             if SECRET_NAME.search(env["name"]):
@@ -251,6 +257,11 @@ def test_every_configmap_and_claim_reference_exists():
             for volume in pod.get("volumes", []):
                 if "persistentVolumeClaim" in volume:
                     assert volume["persistentVolumeClaim"]["claimName"] in claims
+                sources = [volume] + volume.get("projected", {}).get("sources", [])
+                for ref in (src["configMap"] for src in sources if "configMap" in src):
+                    assert ref["name"] in maps, (volume["name"], ref["name"])
+                    for item in ref.get("items", []):  # a missing key fails the mount
+                        assert item["key"] in maps[ref["name"]], (ref["name"], item["key"])
 
 
 def test_services_select_their_pods():
