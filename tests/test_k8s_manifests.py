@@ -1,12 +1,17 @@
 """Static checks of infra/k8s: every kustomization renders, every object is valid against
 the Kubernetes JSON schema (kubernetes-validate, bundled and offline, strict: unknown
-fields are errors), the PyTorchJob template against a schema reduced from the Training
-Operator's CRD, and the security rules hold for every container. No cluster is needed;
-none is contacted."""
+fields are errors), the PyTorchJob template and the model server's InferenceService
+against schemas reduced from the Training Operator's and KServe's CRDs (their pod specs
+against Kubernetes' own), the model server runs `hllm serve` the way its probes, shutdown
+and experiment expect, and the security rules hold for every container. No cluster is
+needed; none is contacted."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib.util
+import inspect
 import json
 import re
 import sys
@@ -26,6 +31,7 @@ K8S_VERSION = "1.30.0"  # the oldest Kubernetes minor the manifests target
 NAMESPACE = "hllm"
 KUSTOMIZATIONS = ("base", "overlays/local", "overlays/prod")
 TEMPLATE = K8S / "base" / "pytorchjob.template.yaml"
+AB_CONFIG = ROOT / "configs" / "ab" / "hllm-rollout.yaml"  # the experiment the server runs
 SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL|CONNECTION_STRING)", re.IGNORECASE)
 ONLY_REFERENCES = re.compile(r"^(?:[^$]|\$\([A-Za-z_][A-Za-z0-9_]*\))*$")
 
@@ -45,6 +51,11 @@ IMAGES = yaml.safe_load((ROOT / "infra" / "images.yaml").read_text())
 PROJECT_IMAGES = {f"{IMAGES['repository']}:{tag}" for tag in IMAGES["images"]}
 SECRET_TEMPLATES = {d["metadata"]["name"]: set(d.get("stringData", {}))
                     for d in yaml.safe_load_all((K8S / "secrets.template.yaml").read_text())}
+# Custom resources in the kustomizations, each against the schema reduced from its CRD.
+CRD_SCHEMAS = {"InferenceService": json.loads(
+    (K8S / "schemas" / "inferenceservice-v1beta1.schema.json").read_text())}
+# The predictor of an InferenceService inlines a pod spec beside KServe's own fields.
+PREDICTOR_POD_FIELDS = set(CRD_SCHEMAS["InferenceService"]["$defs"]["podSpecFields"]["properties"])
 
 
 def _id(item) -> str:
@@ -53,7 +64,8 @@ def _id(item) -> str:
 
 
 def pod_specs(obj: dict) -> list[dict]:
-    """The pod specs inside a workload (Deployment, StatefulSet, Job, CronJob, PyTorchJob)."""
+    """The pod specs inside a workload (Deployment, StatefulSet, Job, CronJob, PyTorchJob,
+    InferenceService)."""
     spec = obj.get("spec") or {}
     if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
         return [spec["template"]["spec"]]
@@ -61,6 +73,8 @@ def pod_specs(obj: dict) -> list[dict]:
         return [spec["jobTemplate"]["spec"]["template"]["spec"]]
     if obj["kind"] == "PyTorchJob":
         return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+    if obj["kind"] == "InferenceService":
+        return [{k: v for k, v in spec["predictor"].items() if k in PREDICTOR_POD_FIELDS}]
     return []
 
 
@@ -78,7 +92,8 @@ def test_every_kustomization_renders_something():
     for kustomization, objects in RENDERED.items():
         kinds = {o["kind"] for o in objects}
         assert {"Namespace", "Deployment", "StatefulSet", "Service", "Job", "ConfigMap",
-                "Role", "RoleBinding", "ServiceAccount", "PersistentVolumeClaim"} <= kinds, kustomization
+                "Role", "RoleBinding", "ServiceAccount", "PersistentVolumeClaim",
+                "InferenceService"} <= kinds, kustomization
 
 
 def test_renderer_refuses_what_it_does_not_implement(tmp_path):
@@ -105,10 +120,46 @@ def test_json_patch_ops():
             render.apply_json_patch(doc, [bad])
 
 
+def validate_object(obj: dict) -> None:
+    """Built-in kinds against Kubernetes' schema; a custom resource against its CRD's reduced
+    schema, and the pod spec inside it against Kubernetes' PodSpec (strict)."""
+    if obj["kind"] not in CRD_SCHEMAS:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        return
+    jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
+    for pod in pod_specs(obj):
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
+                                      "metadata": {"name": obj["metadata"]["name"]},
+                                      "template": {"spec": pod}}, K8S_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("item", ALL, ids=_id)
 def test_object_valid_against_kubernetes_schema(item):
-    _, obj = item
-    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    validate_object(item[1])
+
+
+def test_inferenceservice_schema_is_strict():
+    schema = CRD_SCHEMAS["InferenceService"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    extension = set(schema["$defs"]["componentExtension"]["properties"])
+    assert set(_isvc(RENDERED["base"])["spec"]["predictor"]) <= PREDICTOR_POD_FIELDS | extension
+    crd, pod = jsonschema.ValidationError, kubernetes_validate.ValidationError
+    breakages = {  # each is refused, by the CRD's reduced schema or by Kubernetes' PodSpec
+        "a field KServe does not have": (lambda i: _predictor(i).update(replicas=2), crd),
+        "a spec field of a later KServe": (lambda i: i["spec"].update(canary={}), crd),
+        "a scale metric outside the enum": (lambda i: _predictor(i).update(scaleMetric="qps"), crd),
+        "a container field in the pod": (lambda i: _predictor(i).update(image="x:1"), crd),
+        "a misspelt probe field": (
+            lambda i: _server(i)["livenessProbe"]["httpGet"].update(pth="/"), pod),
+    }
+    for what, (breakage, refused_by) in breakages.items():
+        broken = copy.deepcopy(_isvc(RENDERED["base"]))
+        breakage(broken)
+        try:
+            validate_object(broken)
+        except refused_by:
+            continue
+        pytest.fail(f"{what}: accepted")
 
 
 def test_pytorchjob_template_valid_against_crd_schema():
@@ -326,7 +377,8 @@ def test_buckets_cover_every_s3_location():
     destination = next(a.split("=", 1)[1] for a in mlflow_args if a.startswith("--artifacts-destination="))
     feast = yaml.safe_load(next(o for o in base if o["metadata"]["name"] == "hllm-feast")
                            ["data"]["feature_store.yaml"])
-    for uri in (destination, feast["registry"]["path"], DEFAULT_OUTPUT_PREFIX):
+    for uri in (destination, feast["registry"]["path"], DEFAULT_OUTPUT_PREFIX,
+                server_args(_isvc(base)).exposure_log):
         assert uri.split("/")[2] in created, uri
 
 
@@ -385,3 +437,255 @@ def test_pytorchjob_template_fits_the_platform():
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
         assert volumes[mounts["/workspace"]]["persistentVolumeClaim"]["claimName"] == "hllm-train-shared"
         assert {"secretRef": {"name": platform.s3_secret}} in c["envFrom"]
+
+
+# ---------------------------------------------------------------- the model server
+
+def _isvc(objects) -> dict:
+    (obj,) = [o for o in objects if o["kind"] == "InferenceService"]
+    return obj
+
+
+def _server(isvc: dict) -> dict:
+    (c,) = isvc["spec"]["predictor"]["containers"]
+    return c
+
+
+def server_args(isvc: dict):
+    """The container's command as `hllm serve` parses it (SystemExit when it does not)."""
+    from hllm.cli import build_parser
+
+    c = _server(isvc)
+    assert c["command"] == ["hllm", "serve"], c["command"]
+    return build_parser().parse_args(["serve", *c.get("args", [])])
+
+
+def mounted_files(pod: dict, c: dict, objects: list[dict], directory: str) -> dict[str, str]:
+    """{file name: text} the container sees in `directory`, from ConfigMap volumes."""
+    maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    files: dict[str, str] = {}
+    for mount in c.get("volumeMounts", []):
+        if mount["mountPath"].rstrip("/") != directory.rstrip("/"):
+            continue
+        volume = volumes[mount["name"]]
+        for source in [volume] + volume.get("projected", {}).get("sources", []):
+            if "configMap" in source:
+                data = maps.get(source["configMap"]["name"], {})
+                items = source["configMap"].get("items") or [{"key": k, "path": k} for k in data]
+                files.update({i["path"]: data[i["key"]] for i in items if i["key"] in data})
+    return files
+
+
+def _probe_port(c: dict, probe: dict) -> int | None:
+    port = probe.get("httpGet", {}).get("port")
+    named = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    return named.get(port) if isinstance(port, str) else port
+
+
+SERVER_ENV = {  # what `hllm serve` reads from its environment in the cluster, and what for
+    "MLFLOW_TRACKING_URI": "the registry both arms are resolved and loaded from",
+    "AWS_ACCESS_KEY_ID": "S3 keys: exposure log parts, the Feast registry",
+    "AWS_SECRET_ACCESS_KEY": "S3 keys: exposure log parts, the Feast registry",
+    "AWS_ENDPOINT_URL": "hllm.storage's S3 endpoint (MinIO) for the exposure log",
+    "FEAST_S3_ENDPOINT_URL": "the Feast registry on MinIO",
+    "REDIS_CONNECTION_STRING": "the online store, substituted into feature_store.yaml",
+}
+
+
+def serving_problems(isvc: dict, objects: list[dict]) -> list[str]:
+    """What in this InferenceService would break `hllm serve` or the experiment it runs."""
+    from hllm.online.exposure import ExposureLog
+
+    problems = []
+    predictor = isvc["spec"]["predictor"]
+    (pod,) = pod_specs(isvc)
+    c = _server(isvc)
+    if c["name"] != "kserve-container":
+        problems.append(f"container {c['name']!r}: KServe renames a lone custom container "
+                        "to kserve-container; name it so")
+    if c["image"] not in PROJECT_IMAGES:
+        problems.append(f"image {c['image']}: not one of infra/images.yaml's")
+    try:
+        args = server_args(isvc)
+    except SystemExit:
+        return problems + [f"the arguments do not parse as `hllm serve`: {c.get('args')}"]
+
+    # The port the server binds is the one the Service, the probes and KServe use.
+    if args.host != "0.0.0.0":
+        problems.append(f"--host={args.host}: the Service reaches the pod on its IP; bind 0.0.0.0")
+    ports = [p["containerPort"] for p in c.get("ports", [])]
+    if ports[:1] != [args.port]:
+        problems.append(f"--port={args.port} but the first containerPort (KServe's Service "
+                        f"target) is {ports[:1]}")
+    wanted_paths = {"startupProbe": "/v2/health/live", "livenessProbe": "/v2/health/live",
+                    "readinessProbe": "/v2/health/ready"}
+    for name, path in wanted_paths.items():
+        probe = c.get(name)
+        if probe is None:
+            problems.append(f"no {name}")
+            continue
+        if probe.get("httpGet", {}).get("path") != path:
+            problems.append(f"{name} asks {probe.get('httpGet', {}).get('path')}, not {path}")
+        if _probe_port(c, probe) != args.port:
+            problems.append(f"{name} port {probe.get('httpGet', {}).get('port')} is not "
+                            f"--port={args.port}")
+
+    # SIGTERM: the preStop pause, the requests in flight, then the exposure log's drain
+    # must all fit in the grace period, or the kubelet kills the server mid-write.
+    pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    pause = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
+    drain = inspect.signature(ExposureLog.close).parameters["timeout"].default
+    needed = pause + args.grace_seconds + drain
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if grace < needed:
+        problems.append(f"terminationGracePeriodSeconds {grace} < preStop {pause} s + "
+                        f"--grace-seconds {args.grace_seconds} + exposure log drain {drain:g} s")
+
+    # The experiment: the config the server reads, its hash on the pod, the ramp stage.
+    files = mounted_files(pod, c, objects, str(Path(args.ab_config).parent))
+    text = files.get(Path(args.ab_config).name)
+    if text is None:
+        return problems + [f"--ab-config={args.ab_config}: no ConfigMap mounted there holds it"]
+    config = yaml.safe_load(text)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    stated = predictor.get("annotations", {}).get("hllm/ab-config-sha256")
+    if stated != digest:
+        problems.append(f"predictor annotation hllm/ab-config-sha256 is {stated}; the mounted "
+                        f"config's sha256 is {digest} (without it a new config does not "
+                        "restart the server, which reads it once)")
+    if isvc["metadata"]["name"] != config["model"]:
+        problems.append(f"InferenceService {isvc['metadata']['name']!r} serves model "
+                        f"{config['model']!r}: KServe reports /v2/models/<its name>/infer")
+    stages = {0.0} | {float(s["percent"]) for s in config.get("ramp", [])}
+    if args.ramp_percent not in stages:
+        problems.append(f"--ramp-percent={args.ramp_percent:g} is not 0 or a ramp stage of "
+                        f"the config ({sorted(stages)})")
+    if config.get("gate", {}).get("task", "ranking") == "ranking":
+        repo = mounted_files(pod, c, objects, args.feature_repo or "/nonexistent")
+        if not {"feature_store.yaml", "hllm_features.json"} <= set(repo):
+            problems.append(f"--feature-repo={args.feature_repo}: needs feature_store.yaml "
+                            f"and hllm_features.json mounted there, has {sorted(repo)}")
+    if not args.exposure_log.startswith("s3://"):
+        problems.append(f"--exposure-log={args.exposure_log}: a pod's disk goes with the pod")
+    env = {e["name"] for e in c.get("env", [])}
+    for name, why in SERVER_ENV.items():
+        if name not in env:
+            problems.append(f"env {name} missing: {why}")
+
+    # The split is the router's; KServe runs one Deployment (see serving.yaml for why).
+    annotations = isvc["metadata"].get("annotations", {})
+    if "canaryTrafficPercent" in predictor:
+        problems.append("canaryTrafficPercent: the experiment's split is hllm.assignment's")
+    if annotations.get("serving.kserve.io/deploymentMode") != "Standard":
+        problems.append("serving.kserve.io/deploymentMode must be Standard")
+    if (annotations.get("serving.kserve.io/autoscalerClass"), predictor.get("minReplicas"),
+            predictor.get("maxReplicas")) != ("none", 1, 1):
+        problems.append("one replica, no autoscaler: pods started in the same second would "
+                        "write the same exposure log parts")
+    rollout = predictor.get("deploymentStrategy", {}).get("rollingUpdate", {})
+    if rollout.get("maxUnavailable") != 0:
+        problems.append("deploymentStrategy: maxUnavailable 0, so the old pod serves until "
+                        "the new one has loaded both arms")
+    return problems
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_model_server_runs_hllm_serve_as_its_pod_expects(kustomization):
+    objects = RENDERED[kustomization]
+    assert serving_problems(_isvc(objects), objects) == []
+
+
+def _set_arg(isvc: dict, flag: str, value: str) -> None:
+    args = _server(isvc)["args"]
+    (i,) = [n for n, a in enumerate(args) if a.startswith(flag + "=")]
+    args[i] = f"{flag}={value}"
+
+
+def _predictor(isvc: dict) -> dict:
+    return isvc["spec"]["predictor"]
+
+
+def _without_env(isvc: dict, name: str) -> None:
+    _server(isvc)["env"] = [e for e in _server(isvc)["env"] if e["name"] != name]
+
+
+# Each deliberate mistake, and a word the problem it causes must name.
+SERVING_BREAKAGES = {
+    "readiness probe on another port": (
+        lambda i: _server(i)["readinessProbe"]["httpGet"].update(port=8081), "readinessProbe port"),
+    "--port unlike the containerPort": (lambda i: _set_arg(i, "--port", "9000"), "containerPort"),
+    "liveness probe on the readiness path": (
+        lambda i: _server(i)["livenessProbe"]["httpGet"].update(path="/v2/health/ready"),
+        "livenessProbe asks"),
+    "an option hllm serve lacks": (lambda i: _server(i)["args"].append("--replicas=2"), "do not parse"),
+    "loopback only": (lambda i: _set_arg(i, "--host", "127.0.0.1"), "--host"),
+    "a ramp that is no stage": (lambda i: _set_arg(i, "--ramp-percent", "7"), "--ramp-percent=7"),
+    "grace shorter than the drain": (
+        lambda i: _predictor(i).update(terminationGracePeriodSeconds=40), "terminationGracePeriodSeconds"),
+    "a config changed without its hash": (
+        lambda i: _predictor(i)["annotations"].update({"hllm/ab-config-sha256": "0" * 64}), "sha256"),
+    "the config not mounted": (lambda i: _set_arg(i, "--ab-config", "/etc/hllm/x.yaml"), "--ab-config"),
+    "no feature repo": (lambda i: _set_arg(i, "--feature-repo", "/tmp"), "--feature-repo"),
+    "KServe's random split": (
+        lambda i: _predictor(i).update(canaryTrafficPercent=10), "canaryTrafficPercent"),
+    "two replicas": (lambda i: _predictor(i).update(maxReplicas=2), "replica"),
+    "no registry": (lambda i: _without_env(i, "MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI"),
+}
+
+
+@pytest.mark.parametrize("what", SERVING_BREAKAGES)
+def test_model_server_checks_catch(what):
+    breakage, word = SERVING_BREAKAGES[what]
+    isvc = copy.deepcopy(_isvc(RENDERED["base"]))
+    breakage(isvc)
+    problems = serving_problems(isvc, RENDERED["base"])
+    assert any(word in p for p in problems), problems
+
+
+def test_model_server_credentials_and_lock_down_are_checked():
+    """The generic checks see the predictor's pod: an inlined key or a writable root fails."""
+    isvc = copy.deepcopy(_isvc(RENDERED["base"]))
+    env = _server(isvc)["env"]
+    (i,) = [n for n, e in enumerate(env) if e["name"] == "AWS_SECRET_ACCESS_KEY"]
+    env[i] = {"name": "AWS_SECRET_ACCESS_KEY", "value": "abc123"}
+    with pytest.raises(AssertionError, match="AWS_SECRET_ACCESS_KEY"):
+        check_no_secret_values(isvc)
+    isvc = copy.deepcopy(_isvc(RENDERED["base"]))
+    _server(isvc)["securityContext"]["readOnlyRootFilesystem"] = False
+    with pytest.raises(AssertionError, match="kserve-container"):
+        check_locked_down(isvc)
+    isvc = copy.deepcopy(_isvc(RENDERED["base"]))
+    del isvc["spec"]["predictor"]["automountServiceAccountToken"]
+    with pytest.raises(AssertionError):
+        check_locked_down(isvc)
+
+
+def test_model_server_config_is_configs_ab_verbatim():
+    from hllm.experiment import load_ab_config
+
+    (cm,) = [o for o in RENDERED["base"] if o["metadata"]["name"] == "hllm-ab-config"]
+    text = AB_CONFIG.read_text()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert cm["data"] == {AB_CONFIG.name: text}, (
+        f"ConfigMap hllm-ab-config is not {AB_CONFIG.relative_to(ROOT)}: paste the file into "
+        f"infra/k8s/base/serving.yaml and set hllm/ab-config-sha256 to {digest}")
+    cfg = load_ab_config(AB_CONFIG)  # what `hllm ab validate` checks
+    assert cfg.gate.task == "ranking" and cfg.model == _isvc(RENDERED["base"])["metadata"]["name"]
+
+
+def test_model_server_feature_repo_is_one_the_server_accepts(tmp_path, monkeypatch):
+    from feast.repo_config import load_repo_config
+
+    from hllm.features import feature_repo_dir
+
+    isvc = _isvc(RENDERED["overlays/prod"])
+    (pod,) = pod_specs(isvc)
+    repo = server_args(isvc).feature_repo
+    for name, text in mounted_files(pod, _server(isvc), RENDERED["overlays/prod"], repo).items():
+        (tmp_path / name).write_text(text)
+    assert feature_repo_dir(tmp_path) == tmp_path  # hllm.serving.OnlineHistory's own check
+    json.loads((tmp_path / "hllm_features.json").read_text())
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", "redis.hllm.svc.cluster.local:6379,password=x")
+    config = load_repo_config(tmp_path, tmp_path / "feature_store.yaml")
+    assert config.online_store.type == "redis"
