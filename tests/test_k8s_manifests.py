@@ -483,6 +483,7 @@ def _probe_port(c: dict, probe: dict) -> int | None:
     return named.get(port) if isinstance(port, str) else port
 
 
+RAMP_ARG = 8  # infra/OPERATIONS.md, section 9: the index its ramp patches test and replace
 SERVER_ENV = {  # what `hllm serve` reads from its environment in the cluster, and what for
     "MLFLOW_TRACKING_URI": "the registry both arms are resolved and loaded from",
     "AWS_ACCESS_KEY_ID": "S3 keys: exposure log parts, the Feast registry",
@@ -561,6 +562,9 @@ def serving_problems(isvc: dict, objects: list[dict]) -> list[str]:
     if args.ramp_percent not in stages:
         problems.append(f"--ramp-percent={args.ramp_percent:g} is not 0 or a ramp stage of "
                         f"the config ({sorted(stages)})")
+    if not c["args"][RAMP_ARG].startswith("--ramp-percent="):
+        problems.append(f"args/{RAMP_ARG} is {c['args'][RAMP_ARG]!r}: OPERATIONS.md advances "
+                        f"the ramp by patching args/{RAMP_ARG} as --ramp-percent=<stage>")
     if config.get("gate", {}).get("task", "ranking") == "ranking":
         repo = mounted_files(pod, c, objects, args.feature_repo or "/nonexistent")
         if not {"feature_store.yaml", "hllm_features.json"} <= set(repo):
@@ -621,6 +625,7 @@ SERVING_BREAKAGES = {
     "an option hllm serve lacks": (lambda i: _server(i)["args"].append("--replicas=2"), "do not parse"),
     "loopback only": (lambda i: _set_arg(i, "--host", "127.0.0.1"), "--host"),
     "a ramp that is no stage": (lambda i: _set_arg(i, "--ramp-percent", "7"), "--ramp-percent=7"),
+    "the ramp moved from its index": (lambda i: _server(i)["args"].reverse(), "args/8"),
     "grace shorter than the drain": (
         lambda i: _predictor(i).update(terminationGracePeriodSeconds=40), "terminationGracePeriodSeconds"),
     "a config changed without its hash": (
@@ -689,3 +694,22 @@ def test_model_server_feature_repo_is_one_the_server_accepts(tmp_path, monkeypat
     monkeypatch.setenv("REDIS_CONNECTION_STRING", "redis.hllm.svc.cluster.local:6379,password=x")
     config = load_repo_config(tmp_path, tmp_path / "feature_store.yaml")
     assert config.online_store.type == "redis"
+
+
+def test_runbook_ramp_patches_advance_the_deployed_server():
+    """The two ways infra/OPERATIONS.md advances a stage (an overlay patch, kubectl patch)
+    apply to what the overlays deploy, and leave a server with the next stage and no problem."""
+    text = (ROOT / "infra" / "OPERATIONS.md").read_text()
+    (overlay,) = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```", text, re.M | re.S)
+                  if "ramp-percent" in b]
+    (live,) = [json.loads(p) for p in re.findall(r"--type=json -p '(.*?)'", text, re.S)]
+    (entry,) = overlay
+    assert entry["target"] == {"kind": "InferenceService", "name": "hllm"}
+    for kustomization in KUSTOMIZATIONS:
+        objects = RENDERED[kustomization]
+        for ops in (yaml.safe_load(entry["patch"]), live):
+            advanced = render.apply_json_patch(_isvc(objects), ops)
+            assert server_args(advanced).ramp_percent == 10
+            assert serving_problems(advanced, objects) == []
+            with pytest.raises(render.RenderError, match="test failed"):  # not at stage 1 now
+                render.apply_json_patch(advanced, ops)
