@@ -1,4 +1,4 @@
-"""Replace a directory as a whole: readers see the old one or the new one, never a mix."""
+"""Replace a file or a directory as a whole: readers see the old one or the new one, never a mix."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from typing import Iterator
 from hllm.errors import BusyError
 
 log = logging.getLogger(__name__)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `path` through a temp file beside it and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def swap_dir(staged: Path, final: Path) -> None:

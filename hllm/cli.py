@@ -68,7 +68,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     result = register(args.run, name=args.name, onnx_name=args.onnx_name,
                       onnx=False if args.no_onnx else None, onnx_dir=args.onnx_dir,
                       pipeline_run_id=args.pipeline_run_id, validation=args.validation,
-                      feature_repo=args.feature_repo, tracking_uri=args.tracking_uri)
+                      feature_repo=args.feature_repo, tracking_uri=args.tracking_uri,
+                      exact_max_items=args.exact_max_items)
     for version in result.versions:
         print(f"registered {version.name} version {version.version} (alias challenger)")
     return 0
@@ -193,6 +194,43 @@ def cmd_ab_validate(args: argparse.Namespace) -> int:
         check_layer(cfg, load_layer_peers(args.others, exclude=args.config))
     print(f"{args.config}: valid ({cfg.name}: control {cfg.control}, treatment {cfg.treatment}, "
           f"layer {cfg.layer.name}, {cfg.start}..{cfg.end})")
+    return 0
+
+
+def cmd_ab_holdback(args: argparse.Namespace) -> int:
+    from hllm.online.replay import hold_back
+
+    counts = hold_back(args.data, args.out)
+    print(f"{args.out}: history/ ({counts['history']} interactions; build the server's online "
+          f"store from it) and traffic.csv ({counts['traffic']} held-back interactions, one per "
+          "user)")
+    return 0
+
+
+def cmd_ab_replay(args: argparse.Namespace) -> int:
+    from hllm.online.replay import replay
+
+    result = replay(args.url, args.traffic, args.model, clients=args.clients, k=args.k,
+                    limit=args.limit, allow_remote=args.allow_remote)
+    print(json.dumps(result.summary(), indent=2))
+    failed = sum(n for status, n in result.statuses.items() if status != 200)
+    return 1 if failed else 0
+
+
+def cmd_ab_readout(args: argparse.Namespace) -> int:
+    from hllm.online.readout import render_text, run_readout
+
+    result, run_id = run_readout(args.ab_config, args.exposure_log, html_out=args.html,
+                                 tracking_uri=args.tracking_uri, ks=tuple(args.k),
+                                 min_users=args.min_users)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(render_text(result), end="")
+    if args.html:
+        print(f"page: {args.html}", file=sys.stderr)
+    print(f"MLflow run: {run_id}" if run_id else
+          "MLflow: not logged (no --tracking-uri or MLFLOW_TRACKING_URI)", file=sys.stderr)
     return 0
 
 
@@ -380,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", help="validation.json to record (default: RUN/validation.json)")
     p.add_argument("--feature-repo", help="Feast repo whose feature views to record")
     p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI or RUN/mlflow.json)")
+    p.add_argument("--exact-max-items", type=int, default=100_000, metavar="N",
+                   help="score every item up to N items (default 100000); a larger catalog "
+                        "ships an HNSW index and is served from it (0: always the index)")
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("evaluate", help="re-score a run's best weights (full ranking)")
@@ -433,6 +474,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="the A/B experiment YAML to check")
     p.add_argument("--others", help="directory of the other experiments' configs (layer check)")
     p.set_defaults(func=cmd_ab_validate)
+    p = asub.add_parser("holdback", help="split a dataset into served history and each "
+                                         "user's newest interaction (replay traffic)")
+    p.add_argument("--data", required=True, help="dataset to split")
+    p.add_argument("--out", required=True, help="directory for history/ and traffic.csv")
+    p.set_defaults(func=cmd_ab_holdback)
+    p = asub.add_parser("replay", help="send held-back interactions to a running `hllm serve` "
+                                       "as requests and click feedback")
+    p.add_argument("--url", default="http://127.0.0.1:8080",
+                   help="the server (default http://127.0.0.1:8080; only this machine unless "
+                        "--allow-remote)")
+    p.add_argument("--traffic", required=True, help="traffic.csv from `hllm ab holdback`")
+    p.add_argument("--model", required=True, help="the A/B config's model name (the endpoint)")
+    p.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    p.add_argument("-k", type=int, default=10, help="items per request (default 10)")
+    p.add_argument("--limit", type=int, help="replay only the first N rows")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a server that is not on this machine")
+    p.set_defaults(func=cmd_ab_replay)
+    p = asub.add_parser("readout", help="per-arm outcomes, sample-ratio test, guardrails and a "
+                                        "recommendation from the exposure log")
+    p.add_argument("--ab-config", required=True, help="the experiment's A/B YAML")
+    p.add_argument("--exposure-log", required=True, help="directory or s3:// prefix `hllm "
+                                                          "serve` wrote")
+    p.add_argument("--html", help="also write the readout page here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("-k", type=int, nargs="+", default=[10], help="hit@k cut-offs (default 10)")
+    p.add_argument("--min-users", type=int, default=100,
+                   help="hold while an arm has fewer users (default 100)")
+    p.add_argument("--tracking-uri", help="log the readout as an MLflow run here (default: "
+                                          "$MLFLOW_TRACKING_URI; none: not logged)")
+    p.set_defaults(func=cmd_ab_readout)
 
     p = sub.add_parser("recommend", help="top-k items for one user, routed by the A/B config")
     p.add_argument("--user", required=True, help="raw user id")
@@ -481,6 +553,10 @@ EXAMPLES = {
     "explain": "hllm explain --run runs/msr/llm4msr --user 1",
     "rollback": "hllm rollback --ab-config configs/ab/hllm-rollout.yaml",
     "ab validate": "hllm ab validate configs/ab/hllm-rollout.yaml --others configs/ab/",
+    "ab holdback": "hllm ab holdback --data ../shared/data/ml-100k --out runs/replay",
+    "ab replay": "hllm ab replay --traffic runs/replay/traffic.csv --model hllm",
+    "ab readout": "hllm ab readout --ab-config configs/ab/hllm-rollout.yaml "
+                  "--exposure-log runs/exposures --html runs/readout.html",
     "recommend": "hllm recommend --user 196 --ab-config configs/ab/hllm-rollout.yaml "
                  "--feature-repo runs/features",
     "serve": "hllm serve --ab-config configs/ab/hllm-rollout.yaml --feature-repo runs/features "

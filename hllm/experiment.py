@@ -72,6 +72,9 @@ class Guardrail:
 
 
 TASKS = ("ranking", "ctr")
+# What `hllm ab readout` can measure from the exposure log (on the treatment arm; the
+# relative change is treatment against control).
+GUARDRAIL_METRICS = ("p50_latency_ms", "p99_latency_ms", "error_rate", "ctr_relative_change")
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,9 @@ def parse_ab_config(raw: dict[str, Any], source: str = "<dict>") -> ABConfig:
     for i, g in enumerate(guardrails):
         if g.max is None and g.min is None:
             errors.append(f"guardrails[{i}] ({g.metric}): give a max or a min limit")
+        if g.metric not in GUARDRAIL_METRICS:
+            errors.append(f"guardrails[{i}].metric: {g.metric!r} is not one of "
+                          f"{', '.join(GUARDRAIL_METRICS)}")
     gate = sub("gate", GateConfig, raw.get("gate") or {})
     if gate is not None:
         if gate.baseline_margin not in ("point", "interval"):

@@ -81,3 +81,20 @@ def test_a_bad_line_is_named_with_its_part(tmp_path):
         list(read_log(tmp_path / "log"))
     with pytest.raises(DataError, match="no exposure log here"):
         list(read_log(tmp_path / "missing"))
+
+
+def test_two_pods_started_in_the_same_second_never_share_a_part(tmp_path, monkeypatch):
+    """In a cluster every replica's server is pid 1; the host name keeps their parts apart."""
+    import hllm.online.exposure as exposure
+
+    monkeypatch.setattr(exposure.os, "getpid", lambda: 1)
+    logs = []
+    for pod in ("hllm-serving-7d9f-abcde", "hllm-serving-7d9f-fghij"):
+        monkeypatch.setattr(exposure.socket, "gethostname", lambda pod=pod: pod)
+        logs.append(ExposureLog(tmp_path / "log", flush_seconds=60))
+    for n, log in enumerate(logs):
+        log.append(records(1, start=n)[0])
+    for log in logs:
+        log.close()
+    assert sorted(r["request_id"] for r in read_log(tmp_path / "log")) == ["r0", "r1"]
+    assert len(part_names(tmp_path / "log")) == 2

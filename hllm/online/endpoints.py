@@ -10,7 +10,9 @@ The response's `id` is the request id feedback refers to.
 CTR (LLM4MSR): inputs `user_id`, `item_id`, `scenario` (BYTES, shape [n]); output
 `probability` (FP32 [n]), each row scored by its user's arm, plus `arm` and `model_version`.
 
-Every answered request is in the exposure log before its answer leaves (hllm.online.exposure).
+Every answered request is in the exposure log before its answer leaves (hllm.online.exposure),
+with the server-side latency and the ramp stage it was served under; a request an arm's model
+fails to answer is logged as an `error` record for that arm. `hllm ab readout` reads both.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -97,6 +100,15 @@ class ArmEndpoint(Model):
     def route(self, user: str) -> Assignment:
         return assign(self.arms.cfg, user, self.ramp_percent)
 
+    def record(self, kind: str, request_id: str, user: str, assignment: Assignment,
+               model, started: float, **fields: Any) -> dict[str, Any]:
+        """One log record: who was routed where, by which model, how long it took."""
+        return {"kind": kind, "request_id": request_id, "time": now(), "user": user,
+                "arm": assignment.arm, "served": assignment.serve,
+                "in_ramp": assignment.in_ramp, "ramp": self.ramp_percent,
+                "model": model.name, "version": model.version,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3), **fields}
+
     async def run(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
@@ -126,15 +138,14 @@ class RecommendEndpoint(ArmEndpoint):
                                f"{self.name}/infer with a BYTES input 'user_id'")
         users = strings(payload, "user_id")
         k = int_parameter(payload, "k", DEFAULT_K, 1, MAX_K)
+        started = time.perf_counter()
         snapshot = self._check_ready()
         request_id = payload.id or str(uuid.uuid4())
-        answers = await self.run(lambda: [self._one(snapshot, u, k) for u in users])
+        answers = await self.run(
+            lambda: [self._one(snapshot, u, k, request_id, started) for u in users])
         for user, (assignment, model, items, scores) in zip(users, answers):
-            self.exposures.append({"kind": "exposure", "request_id": request_id, "time": now(),
-                                   "user": user, "arm": assignment.arm,
-                                   "served": assignment.serve, "in_ramp": assignment.in_ramp,
-                                   "model": model.name, "version": model.version,
-                                   "items": items, "scores": scores})
+            self.exposures.append(self.record("exposure", request_id, user, assignment, model,
+                                              started, items=items, scores=scores))
         width = max(len(a[2]) for a in answers)
         pad = lambda xs, fill: xs + [fill] * (width - len(xs))  # noqa: E731
         versions = sorted({a[1].version for a in answers})
@@ -150,19 +161,26 @@ class RecommendEndpoint(ArmEndpoint):
         return InferResponse(request_id, self.name, outputs,
                              model_version=versions[0] if len(versions) == 1 else None)
 
-    def _one(self, snapshot: dict, user: str, k: int):
+    def _one(self, snapshot: dict, user: str, k: int, request_id: str, started: float):
         with self._history_lock:
             history = self.history(user)
-        if not history:
+        if not history:  # the user's data, not the arm's model: not an arm error
             raise RequestError(404, f"user {user!r} has no history in the online store; "
                                     "nothing to personalise from")
         assignment = self.route(user)
         model = snapshot[assignment.serve]
-        out = model.predictor.predict(None, pd.DataFrame({"history": [history]}), {"k": k})
-        items = list(out["item_ids"].iloc[0])
-        if not items:
-            raise RequestError(422, f"user {user!r}: none of the {len(history)} history items "
-                                    f"is known to {model.name} version {model.version}")
+        try:
+            out = model.predictor.predict(None, pd.DataFrame({"history": [history]}), {"k": k})
+            items = list(out["item_ids"].iloc[0])
+            if not items:
+                raise RequestError(422, f"user {user!r}: none of the {len(history)} history "
+                                        f"items is known to {model.name} version {model.version}")
+        except Exception as exc:
+            status = exc.status if isinstance(exc, RequestError) else 500
+            message = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            self.exposures.append(self.record("error", request_id, user, assignment, model,
+                                              started, status=status, error=message))
+            raise
         return assignment, model, items, [float(s) for s in out["scores"].iloc[0]]
 
 
@@ -178,6 +196,7 @@ class ScoreEndpoint(ArmEndpoint):
         if len({len(v) for v in cols.values()}) != 1:
             raise InvalidInput("inputs user_id, item_id and scenario need one value per row "
                                f"(got {', '.join(f'{c} {len(v)}' for c, v in cols.items())})")
+        started = time.perf_counter()
         snapshot = self._check_ready()
         request_id = payload.id or str(uuid.uuid4())
         frame = pd.DataFrame(cols)
@@ -194,13 +213,11 @@ class ScoreEndpoint(ArmEndpoint):
         for user in dict.fromkeys(frame["user_id"]):
             rows = [i for i, u in enumerate(frame["user_id"]) if u == user]
             route = routes[rows[0]]
-            self.exposures.append({"kind": "exposure", "request_id": request_id, "time": now(),
-                                   "user": user, "arm": route.arm, "served": route.serve,
-                                   "in_ramp": route.in_ramp, "model": snapshot[route.serve].name,
-                                   "version": snapshot[route.serve].version,
-                                   "items": frame["item_id"].iloc[rows].tolist(),
-                                   "scenarios": frame["scenario"].iloc[rows].tolist(),
-                                   "scores": probabilities[rows].tolist()})
+            self.exposures.append(self.record(
+                "exposure", request_id, user, route, snapshot[route.serve], started,
+                items=frame["item_id"].iloc[rows].tolist(),
+                scenarios=frame["scenario"].iloc[rows].tolist(),
+                scores=probabilities[rows].tolist()))
         outputs = [InferOutput("probability", [len(frame)], "FP32", probabilities.tolist()),
                    InferOutput("arm", [len(frame)], "BYTES", [r.arm for r in routes]),
                    InferOutput("model_version", [len(frame)], "BYTES",

@@ -2,11 +2,12 @@
 
 Layout (local directory or s3:// prefix, append-only):
 
-    ROOT/date=2026-12-02/part-20261202T101500-4711-000003.jsonl
+    ROOT/date=2026-12-02/part-20261202T101500-<host>-4711-000003.jsonl
 
 One JSON object per line: `{"kind": "exposure", "request_id", "time", "user", "arm",
-"served", "model", "version", "items", "scores"}` for every answered recommendation and
-`{"kind": "feedback", "request_id", "time", "user", "clicked", ...}` for every click
+"served", "in_ramp", "ramp", "model", "version", "latency_ms", "items", "scores"}` for every
+answered recommendation, `{"kind": "error", ..., "status", "error"}` for a request an arm's
+model failed, and `{"kind": "feedback", "request_id", "time", "user", "clicked"}` for every click
 report. A part is written whole (a local temp file renamed into place, or one S3 PUT),
 so a reader never sees half a line, and no part is ever rewritten.
 
@@ -24,6 +25,8 @@ import json
 import logging
 import os
 import queue
+import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -42,6 +45,13 @@ class LogBackpressure(HLLMError):
     """The log's queue stayed full for `put_timeout`: the sink is not keeping up."""
 
 
+def part_prefix() -> str:
+    """Start time, host and pid: unique per writer, also across pods (each pod's server is
+    pid 1, and two replicas can start in the same second: only the hostname tells them apart)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{host}-{os.getpid()}"
+
+
 class ExposureLog:
     """Buffered, bounded, append-only JSONL partitions under `root` (path or s3://)."""
 
@@ -53,7 +63,7 @@ class ExposureLog:
         self.flush_seconds = flush_seconds
         self.put_timeout = put_timeout
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._prefix = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}"
+        self._prefix = part_prefix()
         self._seq = 0
         self._closed = False
         self.written = 0  # records in parts that are complete on the sink
