@@ -6,10 +6,15 @@ Serving needs only the user tower and the item vectors, so the model carries
     (Item LLM + projection for HLLM, the id embedding for SASRec), so no item text
     and no Item LLM are needed at serving time,
   * items.json: the raw item id of each table row,
-  * tower.json: which model, its user tower's transformer config, max history.
+  * tower.json: which model, its user tower's transformer config, max history,
+  * catalog.faiss, only for catalogs over `exact_max_items` items: an HNSW index over
+    the normalised item vectors (hllm.catalog_index).
 Scoring follows hllm.evaluate step by step (right-padded histories of the last
 `max_history` items, batches of `eval_batch_size`, cosine scores, item 0 and the
 history masked), so a batch of test histories reproduces the run's ranks exactly.
+With catalog.faiss the same user vectors search the index instead of scoring every
+item: approximate top-k (recall@10 against exact is what bench/catalog_scale.py and
+tests/test_catalog_index.py measure), with cosines as scores.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+
+from hllm.catalog_index import EXACT_MAX_ITEMS, INDEX_FILE
 
 DEFAULT_K = 10
 
@@ -41,11 +48,16 @@ def signature():
 
 
 def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
-                    item_raw_ids: list[str]) -> dict[str, str]:
-    """Files the pyfunc needs, written under `out`; returns MLflow's artifacts mapping."""
+                    item_raw_ids: list[str], exact_max_items: int = EXACT_MAX_ITEMS
+                    ) -> dict[str, str]:
+    """Files the pyfunc needs, written under `out`; returns MLflow's artifacts mapping.
+
+    Catalogs of more than `exact_max_items` items also get catalog.faiss.
+    """
     import torch
     from safetensors.torch import save_file
 
+    from hllm.catalog_index import write_catalog_index
     from hllm.models.hllm import HLLM
 
     out.mkdir(parents=True, exist_ok=True)
@@ -61,8 +73,10 @@ def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
     if isinstance(model, HLLM):
         tower["user_llm_config"] = model.user_llm.backbone.config.to_dict()
     (out / "tower.json").write_text(json.dumps(tower, indent=2, default=str))
-    return {name: str(out / name) for name in
-            ("config.yaml", "model.safetensors", "item_table.safetensors", "items.json", "tower.json")}
+    names = ["config.yaml", "model.safetensors", "item_table.safetensors", "items.json", "tower.json"]
+    if write_catalog_index(table.detach().float().cpu().numpy(), out, exact_max_items) is not None:
+        names.append(INDEX_FILE)
+    return {name: str(out / name) for name in names}
 
 
 def _user_tower(tower: dict[str, Any], cfg, weights: dict, num_items: int):
@@ -92,7 +106,11 @@ def _user_tower(tower: dict[str, Any], cfg, weights: dict, num_items: int):
 
 
 class HLLMRecommender(mlflow.pyfunc.PythonModel):
-    """Top-k next items for each history; scores are cosine similarities."""
+    """Top-k next items for each history; scores are cosine similarities.
+
+    Every item is scored when the version has no catalog.faiss; with it, the index is
+    searched and the normalised copy of the table (as large as the index) is not made.
+    """
 
     def load_context(self, context) -> None:
         import torch
@@ -109,7 +127,15 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
         self.item_ids: list[str] = json.loads(Path(art["items.json"]).read_text())["item_ids"]
         self.index = {raw: i for i, raw in enumerate(self.item_ids) if i > 0}
         self.table = load_file(art["item_table.safetensors"])["vectors"]
-        self.items = torch.nn.functional.normalize(self.table.float(), dim=-1)
+        self.catalog = None  # the HNSW index, when the version ships one
+        self.items = None    # normalised table: exact scoring only
+        if INDEX_FILE in art:
+            from hllm.catalog_index import load_index
+
+            self.catalog = load_index(Path(art[INDEX_FILE]), width=self.table.shape[1],
+                                      rows=len(self.item_ids))
+        else:
+            self.items = torch.nn.functional.normalize(self.table.float(), dim=-1)
         weights = load_file(art["model.safetensors"])
         self.module, self.user_states = _user_tower(self.tower_info, cfg, weights,
                                                     len(self.item_ids) - 1)
@@ -134,7 +160,12 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
         with torch.no_grad():
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start: start + self.batch_size]
-                scores = self._scores([hists[r][-self.max_history:] for r in chunk])
+                user_vec = self._user_vectors([hists[r][-self.max_history:] for r in chunk])
+                if self.catalog is not None:
+                    self._from_index(user_vec, chunk, hists, ks, default_k, exclude,
+                                     result_ids, result_scores)
+                    continue
+                scores = user_vec @ self.items.T  # (B, N+1) cosines, as hllm.evaluate
                 scores[:, 0] = -torch.inf
                 for b, r in enumerate(chunk):
                     row = scores[b]
@@ -147,8 +178,20 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
                     result_scores[r] = [float(v) for v in top.values.tolist()]
         return pd.DataFrame({"item_ids": result_ids, "scores": result_scores})
 
-    def _scores(self, hists: list[list[int]]):
-        """(B, N+1) cosine scores, computed exactly as hllm.evaluate.user_ranks does."""
+    def _from_index(self, user_vec, chunk: list[int], hists: list[list[int]], ks: pd.Series,
+                    default_k: int, exclude: bool, result_ids: list, result_scores: list) -> None:
+        """Approximate top-k for the rows in `chunk` from catalog.faiss (padding never returned)."""
+        from hllm.catalog_index import search
+
+        row_ks = [default_k if pd.isna(ks.iloc[r]) else int(ks.iloc[r]) for r in chunk]
+        skip = [hists[r] if exclude else [] for r in chunk]
+        found = search(self.catalog, user_vec.numpy(), row_ks, skip)
+        for r, (ids, scores) in zip(chunk, found):
+            result_ids[r] = [self.item_ids[i] for i in ids]
+            result_scores[r] = scores
+
+    def _user_vectors(self, hists: list[list[int]]):
+        """(B, D) normalised user vectors, computed exactly as hllm.evaluate.user_ranks does."""
         import torch
         import torch.nn.functional as F
 
@@ -159,13 +202,17 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
         mask = ids > 0
         states = self.user_states(self.table[ids], mask)
         last = mask.sum(1) - 1
-        user_vec = F.normalize(states[torch.arange(len(hists)), last].float(), dim=-1)
-        return user_vec @ self.items.T
+        return F.normalize(states[torch.arange(len(hists)), last].float(), dim=-1)
 
 
-def pip_requirements() -> list[str]:
-    """Pinned to what trained the model; hllm itself travels as code_paths."""
+def pip_requirements(catalog_index: bool = False) -> list[str]:
+    """Pinned to what trained the model; hllm itself travels as code_paths.
+
+    catalog_index: the version ships catalog.faiss, so serving needs faiss-cpu too.
+    """
     from importlib.metadata import version
 
     pins = ["torch", "transformers", "safetensors", "numpy", "pandas", "pyyaml", "mlflow"]
+    if catalog_index:
+        pins.append("faiss-cpu")
     return [f"{name}=={version(name)}" for name in pins]

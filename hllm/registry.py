@@ -8,6 +8,10 @@ LLM exported to ONNX for batch item embedding. Both versions carry the same line
 tags (hllm.lineage) and get the alias `challenger`; `champion` is never touched: a
 promotion step decides that after comparing the two.
 
+A catalog of more than `exact_max_items` items (default 100,000; `--exact-max-items`)
+also gets an approximate nearest-neighbour index over its item vectors, built here and
+logged with the pyfunc (hllm.catalog_index); smaller catalogs are scored exactly.
+
 All or nothing. Every input is checked, the model is rebuilt from the run and its
 split is verified against metrics.json before anything is written to MLflow; if a
 later step fails, the versions created by this call are deleted, registered models
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hllm import lineage, tracking
+from hllm.catalog_index import EXACT_MAX_ITEMS, INDEX_FILE
 from hllm.errors import ConfigError, DataError, HLLMError, first_line
 
 log = logging.getLogger(__name__)
@@ -123,7 +128,8 @@ def _validation_path(run_dir: Path, validation: str | Path | None) -> Path | Non
     return default if default.is_file() else None
 
 
-def rebuild_model_dir(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], out: Path):
+def rebuild_model_dir(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], out: Path,
+                      exact_max_items: int = EXACT_MAX_ITEMS):
     """Rebuild the run's model on CPU, check the split is the evaluated one, write artifacts."""
     import torch
 
@@ -147,20 +153,25 @@ def rebuild_model_dir(run_dir: Path, config: dict[str, Any], metrics: dict[str, 
     if isinstance(model, HLLM) and model.item_llm.frozen:
         load_or_compute_item_cache(model, cfg, torch.device("cpu"), Dist(), progress=False)
     load_weights(model, run_dir / "best" / "model.safetensors")
-    return write_artifacts(run_dir, out, model, cfg, run["model"], split.item_raw_ids)
+    return write_artifacts(run_dir, out, model, cfg, run["model"], split.item_raw_ids,
+                           exact_max_items)
 
 
 def prepare(run_dir: Path, workdir: Path, *, onnx: bool | None, onnx_dir: str | Path | None,
             pipeline_run_id: str | None, validation: str | Path | None,
-            feature_repo: str | Path | None) -> _Prepared:
+            feature_repo: str | Path | None, exact_max_items: int = EXACT_MAX_ITEMS) -> _Prepared:
     """Everything that can fail on bad input, done before the registry is touched."""
+    if exact_max_items < 0:
+        raise ConfigError(f"exact_max_items is {exact_max_items}; pass a number of items >= 0 "
+                          "(0: always ship the index)")
     config, metrics = check_run_dir(run_dir)
     model_name, dataset = config["run"].get("model", "hllm"), config["run"].get("dataset", "")
     validation_file = _validation_path(run_dir, validation)
     validation_tags = lineage.validation_tags(validation_file) if validation_file else None
     features = lineage.feature_view_versions(Path(feature_repo)) if feature_repo else None
     onnx_path = resolve_onnx(run_dir, model_name, onnx, onnx_dir)
-    artifacts = rebuild_model_dir(run_dir, config, metrics, workdir / "recommender")
+    artifacts = rebuild_model_dir(run_dir, config, metrics, workdir / "recommender",
+                                  exact_max_items)
     prepared = _Prepared(run_dir, config, metrics, model_name, dataset, artifacts, onnx_path)
     prepared.tags = lineage.lineage_tags(
         data_hash=lineage.data_sha256(dataset), split_hash=metrics["split_sha256"],
@@ -207,13 +218,15 @@ def _log_recommender(prep: _Prepared, workdir: Path):
 
     from hllm.pyfunc_model import HLLMRecommender, pip_requirements, signature
 
+    indexed = INDEX_FILE in prep.artifacts
     with warnings.catch_warnings():  # the signature is explicit; an example adds a model load
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         return mlflow.pyfunc.log_model(
             name="recommender", python_model=HLLMRecommender(), artifacts=prep.artifacts,
             signature=signature(), code_paths=[str(code_dir(workdir))],
-            pip_requirements=pip_requirements(),
-            metadata={"hllm_run_dir": str(prep.run_dir.resolve())})
+            pip_requirements=pip_requirements(catalog_index=indexed),
+            metadata={"hllm_run_dir": str(prep.run_dir.resolve()),
+                      "hllm_scoring": "hnsw-index" if indexed else "exact"})
 
 
 def _log_onnx(onnx_dir: Path):
@@ -350,8 +363,12 @@ def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-ite
              onnx: bool | None = None, onnx_dir: str | Path | None = None,
              pipeline_run_id: str | None = None, validation: str | Path | None = None,
              feature_repo: str | Path | None = None, tracking_uri: str | None = None,
-             experiment: str | None = None) -> Registration:
-    """Register the run's recommender (and its ONNX Item LLM) with alias `challenger`."""
+             experiment: str | None = None,
+             exact_max_items: int = EXACT_MAX_ITEMS) -> Registration:
+    """Register the run's recommender (and its ONNX Item LLM) with alias `challenger`.
+
+    exact_max_items: catalogs larger than this ship an HNSW index and are served from it.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -364,7 +381,7 @@ def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-ite
         workdir = Path(tmp)
         prep = prepare(run_dir, workdir, onnx=onnx, onnx_dir=onnx_dir,
                        pipeline_run_id=pipeline_run_id, validation=validation,
-                       feature_repo=feature_repo)
+                       feature_repo=feature_repo, exact_max_items=exact_max_items)
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
         with Rollback(client, f"{run_dir}: registering in MLflow at {uri}") as rollback:

@@ -1,21 +1,27 @@
-"""Catalog scale: the HNSW index against exact cosine, its exclusions, its file.
+"""Catalog scale: the HNSW index against exact cosine, its exclusions, its file, the threshold.
 
 The recall test uses bench/catalog_scale.py's clustered vectors (the bench's reasons for
-them are in its docstring), small enough to build in about a second.
+them are in its docstring), small enough to build in about a second. The threshold test
+registers an untrained SASRec (random id embeddings: no structure, the index's hard case)
+into a SQLite-backed MLflow store (no server) three times: far below the threshold, at it
+and one item above it, and compares the exact and the indexed pyfunc's answers.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from hllm.catalog_index import (INDEX_FILE, IndexParams, build_index,
+from conftest import synthetic_rows, write_recbole
+from hllm.catalog_index import (EXACT_MAX_ITEMS, INDEX_FILE, IndexParams, build_index,
                                 load_index, save_index, search)
-from hllm.errors import DataError
+from hllm.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECALL_BAR = 0.95  # the bench's bar at 10^6 items; small catalogs should clear it easily
@@ -91,3 +97,91 @@ def test_save_load_round_trip_and_a_file_for_another_table(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="do not fit a 32-d index"):
         search(loaded, np.zeros((1, 16), np.float32), [10], [()])
+
+
+def untrained_sasrec_run(base: Path) -> tuple[Path, int]:
+    """A run directory as `hllm train` leaves it, for an untrained SASRec (no training: seconds).
+
+    Returns it and its catalog size: 200 users over 3,000 titles touch about 1,800 of them.
+    """
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    from hllm.config import load_config
+    from hllm.train import build_model, load_split
+
+    data = write_recbole(base / "toy", *synthetic_rows(n_users=200, n_items=3_000))
+    cfg = load_config("cpu-tiny")
+    split = load_split(str(data), cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, "sasrec", split)
+    run = base / "run"
+    (run / "best").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(run / "best" / "model.safetensors"))
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"run": {"model": "sasrec", "dataset": str(data)}, **cfg.to_dict()}, sort_keys=False))
+    (run / "metrics.json").write_text(json.dumps(
+        {"recall@10": 0.0, "ndcg@10": 0.0, "split_sha256": split.fingerprint()}))
+    return run, split.num_items
+
+
+def test_index_ships_only_above_the_threshold_and_agrees_with_exact(tmp_path, monkeypatch):
+    import mlflow
+
+    from hllm.registry import register
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run, num_items = untrained_sasrec_run(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # artifacts: ./mlruns under tmp_path
+    exact = register(run, "catalog", onnx=False, tracking_uri=uri)  # ~1,800 items: far below
+    at = register(run, "catalog", onnx=False, tracking_uri=uri, exact_max_items=num_items)
+    above = register(run, "catalog", onnx=False, tracking_uri=uri, exact_max_items=num_items - 1)
+    models = {}
+    for label, reg in (("exact", exact), ("at", at), ("above", above)):
+        version = reg.versions[0].version
+        models[label] = _pyfunc(uri, "catalog", version)
+        shipped = Path(mlflow.artifacts.download_artifacts(f"models:/catalog/{version}",
+                                                           dst_path=str(tmp_path / label)))
+        requirements = (shipped / "requirements.txt").read_text()
+        indexed = label == "above"  # at the threshold the catalog is still scored exactly
+        assert (shipped / "artifacts" / INDEX_FILE).is_file() is indexed, label
+        assert ("faiss-cpu==" in requirements) is indexed, (label, requirements)
+        assert (models[label].catalog is not None) is indexed, label
+    # The same users through both pyfuncs: 200 histories of 20 items from the catalog.
+    rng = np.random.default_rng(3)
+    ids = models["exact"].item_ids[1:]
+    assert len(ids) == num_items
+    histories = [[ids[i] for i in rng.choice(len(ids), 20, replace=False)] for _ in range(200)]
+    frame = pd.DataFrame({"history": histories})
+    want = models["exact"].predict(None, frame, {"k": 10})
+    got = models["above"].predict(None, frame, {"k": 10})
+    assert recall(list(got["item_ids"]), list(want["item_ids"])) >= RECALL_BAR
+    for hist, items, scores, ref_items, ref_scores in zip(
+            histories, got["item_ids"], got["scores"], want["item_ids"], want["scores"]):
+        assert len(items) == 10 and not set(items) & set(hist)
+        assert scores == sorted(scores, reverse=True)
+        common = {i: s for i, s in zip(ref_items, ref_scores)}
+        for item, score in zip(items, scores):  # the index reports the exact cosine
+            if item in common:
+                assert score == pytest.approx(common[item], abs=1e-5)
+
+
+def _pyfunc(uri: str, name: str, version: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+
+
+def test_threshold_is_checked_and_the_cli_default_is_the_library_default(tmp_path):
+    from hllm.cli import build_parser
+    from hllm.registry import prepare
+
+    args = build_parser().parse_args(["register", "--run", "runs/x"])
+    assert args.exact_max_items == EXACT_MAX_ITEMS == 100_000
+    with pytest.raises(ConfigError, match="exact_max_items is -1"):
+        prepare(tmp_path, tmp_path, onnx=False, onnx_dir=None, pipeline_run_id=None,
+                validation=None, feature_repo=None, exact_max_items=-1)
