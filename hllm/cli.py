@@ -187,11 +187,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_ab_validate(args: argparse.Namespace) -> int:
-    from hllm.experiment import check_layer, load_ab_config, load_layer_peers
+    from hllm.experiment import check_layer, config_warnings, load_ab_config, load_layer_peers
 
     cfg = load_ab_config(args.config)
     if args.others:
         check_layer(cfg, load_layer_peers(args.others, exclude=args.config))
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: valid ({cfg.name}: control {cfg.control}, treatment {cfg.treatment}, "
           f"layer {cfg.layer.name}, {cfg.start}..{cfg.end})")
     return 0

@@ -7,7 +7,9 @@ comments). Loading checks the schema and the invariants ops rely on, and reports
 problem at once, each naming its field: allocations that do not sum to 100, a ramp that
 goes down, an end before the start, unknown keys. `check_layer` refuses experiments
 that would share users in one layer at the same time; `check_models` (in hllm.gate)
-refuses arms pointing at registry versions that do not exist.
+refuses arms pointing at registry versions that do not exist; `config_warnings` names
+settings that are legal but risky (an alias as the treatment of an experiment that
+promotes only after it ends).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from hllm.errors import ConfigError
 
 ARMS = ("control", "treatment", "holdout")
 # The registry aliases the platform moves (`hllm register` sets challenger, `hllm gate`
-# champion and previous-champion); an arm naming any other would never resolve.
+# and `hllm ab promote` champion and previous-champion); an arm naming any other would
+# never resolve.
 ALIASES = ("champion", "challenger", "previous-champion")
 
 
@@ -72,6 +75,7 @@ class Guardrail:
 
 
 TASKS = ("ranking", "ctr")
+PROMOTE_WHEN = ("on_pass", "after_experiment")  # gate.promote
 # What `hllm ab readout` can measure from the exposure log (on the treatment arm; the
 # relative change is treatment against control).
 GUARDRAIL_METRICS = ("p50_latency_ms", "p99_latency_ms", "error_rate", "ctr_relative_change")
@@ -101,6 +105,11 @@ class GateConfig:
     # warm: {tolerance: 0.005}}. min_uplift: the paired bootstrap interval's lower end must
     # exceed it; tolerance: the difference may not fall below -tolerance.
     segments: dict[str, dict[str, float]] = field(default_factory=dict)
+    # When a passing challenger becomes champion. on_pass: at once (an offline-only
+    # rollout). after_experiment: the gate only approves it, because the control arm is
+    # `@champion` and moving it would make both arms one model; `hllm ab promote` moves it
+    # once the experiment's last stage is read out. A first model is promoted either way.
+    promote: str = "on_pass"
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,9 @@ def parse_ab_config(raw: dict[str, Any], source: str = "<dict>") -> ABConfig:
             errors.append(f"gate.task: one of {', '.join(TASKS)}, got {gate.task!r}")
         if gate.primary_metric not in gate.min_uplift:
             errors.append(f"gate.min_uplift: no entry for the primary metric {gate.primary_metric!r}")
+        if gate.promote not in PROMOTE_WHEN:
+            errors.append(f"gate.promote: one of {', '.join(PROMOTE_WHEN)}, got {gate.promote!r} "
+                          "(after_experiment: the gate approves, `hllm ab promote` promotes)")
         if not 0.5 < gate.confidence < 1:
             errors.append(f"gate.confidence: between 0.5 and 1, got {gate.confidence}")
         _check_segment_rules(gate, errors)
@@ -228,6 +240,20 @@ def parse_ab_config(raw: dict[str, Any], source: str = "<dict>") -> ABConfig:
         raise ConfigError(_message(source, errors))
     return ABConfig(str(raw["name"]), str(raw["owner"]), str(raw["model"]), layer, control, treatment,
                     allocation, bucketing, ramp, guardrails, gate, start, end, source)
+
+
+def config_warnings(config: ABConfig) -> list[str]:
+    """Legal but risky settings, for `hllm ab validate` to print without refusing.
+
+    With `gate.promote: after_experiment` the treatment is the version the gate approved
+    and `hllm ab promote` promotes; an alias there moves with the next `hllm register`,
+    so the experiment would serve, and promote, a version the gate never judged.
+    """
+    if config.gate is None or config.gate.promote != "after_experiment" or not config.treatment.alias:
+        return []
+    return [f"{config.source}: treatment: {{alias: {config.treatment.alias}}} moves with every "
+            "registration while gate.promote is after_experiment; pin the gated version "
+            "(treatment: {version: N}) for the experiment's duration"]
 
 
 def check_layer(config: ABConfig, others: list[ABConfig]) -> None:

@@ -46,6 +46,8 @@ def test_the_shipped_example_is_valid():
     (lambda c: c["gate"].update(baseline_margin="strict"), "gate.baseline_margin",
      "point or interval"),
     (lambda c: c["gate"].update(task="regression"), "gate.task", "one of ranking, ctr"),
+    (lambda c: c["gate"].update(promote="after_readout"), "gate.promote",
+     "one of on_pass, after_experiment, got 'after_readout'"),
     (lambda c: c["gate"]["segments"].update(coldest={"min_uplift": 0.0}), "gate.segments.coldest",
      "unknown segment (known: overall, warm, long_tail, cold)"),
     (lambda c: c["gate"]["segments"].update(cold={"uplift": 0.0}), "gate.segments.cold.uplift",
@@ -87,6 +89,22 @@ def test_ab_validate_names_the_problem_in_one_line(tmp_path, case, words):
     done = _cli("ab", "validate", str(tmp_path / "exp.yaml"), *args)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-1500:]
     assert words in done.stderr and "valid (" not in done.stdout
+
+
+def test_ab_validate_warns_of_a_treatment_alias_when_promotion_waits(tmp_path):
+    """after_experiment with treatment {alias: challenger}: the next registration would swap
+    the arm, so validate says so, but still passes (it is legal); pinned, it says nothing."""
+    raw = example()
+    raw["gate"]["promote"] = "after_experiment"
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    warned = _cli("ab", "validate", str(tmp_path / "exp.yaml"))
+    assert warned.returncode == 0 and "valid (" in warned.stdout, warned.stderr[-1500:]
+    assert "warning: " in warned.stderr and "treatment: {alias: challenger} moves" in warned.stderr
+    raw["treatment"] = {"version": 3}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    pinned = _cli("ab", "validate", str(tmp_path / "exp.yaml"))
+    assert pinned.returncode == 0 and "warning" not in pinned.stderr, pinned.stderr[-1500:]
+    assert load_ab_config(EXAMPLE).gate.promote == "on_pass"  # the shipped default: `make run`
 
 
 def test_validate_refuses_a_file_as_out_and_reads_percent_coverage(tmp_path):
