@@ -111,7 +111,9 @@ def build_app(endpoint: ArmEndpoint, options: ServeOptions):
     @app.post("/v1/admin/refresh")
     async def refresh() -> JSONResponse:
         try:
-            changes = await endpoint.run(endpoint.arms.refresh)
+            # Its own thread, not the scoring pool: loading a version takes seconds, and the
+            # requests arriving meanwhile still need both scoring workers.
+            changes = await asyncio.to_thread(endpoint.arms.refresh)
         except HLLMError as exc:
             raise RequestError(502, f"registry refresh failed, still serving the loaded "
                                     f"versions: {exc}") from exc
