@@ -2,28 +2,29 @@
 
 Scores in this project are cosines: the pyfunc (hllm.pyfunc_model) normalises the user
 vector and every item vector and takes `user_vec @ items.T` over the whole table, then
-top-k. That reads every item vector once per request: 1,682 ml-100k items cost microseconds,
-but 10^6 items of the SmolLM2 HLLM's width (576, fp32) are 2.3 GB per request, hundreds of
-milliseconds on one core. Above `exact_max_items` items (default EXACT_MAX_ITEMS, set by
+top-k. That reads every item vector once per request: 6.7 MB for ml-100k's 1,682 items,
+but 2.3 GB for 10^6 items of the SmolLM2 HLLM's width (576, fp32). Above `exact_max_items` items (default EXACT_MAX_ITEMS, set by
 `hllm register --exact-max-items`) registration builds this index over the L2-normalised
 item vectors, so inner product is cosine and the scores mean what exact scores mean, and
 ships it as the `catalog.faiss` artifact of the pyfunc version; the pyfunc searches it
 when the artifact is there.
 
-Why HNSW (IndexHNSWFlat, M=32, efConstruction=40, efSearch=128), measured with
-bench/catalog_scale.py on clustered low-rank-plus-noise vectors of width 576 (1 thread
-per query, a loaded 2-core machine, so the times are rough):
-  * IVF-Flat (nlist=4096, k-means on 160k vectors) at 10^6 items reached recall@10 0.85
-    at nprobe=64 for p50 8.8 ms; the catalog's neighbourhoods straddle many cells, so
-    recall grows slowly with nprobe, and the bar (recall@10 >= 0.95 under 10 ms) was out
-    of reach.
-  * HNSW M=32 at 10^6 items: recall@10 0.90 at efSearch=64 (p50 0.6 ms) and 0.96 at
-    efSearch=128 (p50 1.3 ms): the bar with room for the k + history over-fetch.
-  * M=16 builds faster but needs a larger efSearch for the same recall (0.97 vs 0.99 at
-    efSearch=64 on 10^5 items); the graph is 256 MB at 10^6 items with M=32, a tenth of
-    the vectors themselves, so memory does not argue for fewer links.
-The cost is the build: HNSW inserts one vector at a time, minutes for 10^6 items on two
-cores (IVF trains in about a quarter of it); it is paid once, at registration.
+Why HNSW (IndexHNSWFlat, M=32, efConstruction=40, efSearch=256), measured with
+bench/catalog_scale.py at 10^6 items of width 576 (clustered low-rank-plus-noise vectors,
+queries near a target item, a 50-item history excluded; its docstring says why), recall@10
+against exact:
+  * HNSW M=32: efSearch 64 -> 0.877, 128 -> 0.949, 192 -> 0.965, 256 -> 0.978. The bar
+    is 0.95; 256 clears it with room for other catalogs, and its per-request time is
+    still a small part of the 10 ms budget (README, "The model server", for the figures).
+    At 10^5 items efSearch 64 already gives 0.989: larger catalogs need the larger value.
+  * IVF-Flat on the same vectors (nlist=4096, nprobe up to 64, so 1.6% of the catalog
+    scanned per query) stayed at 0.85 even without a history to exclude: an item's neighbours straddle many
+    cells in this geometry, so recall grows slowly with nprobe while the scan grows fast.
+  * M=16 needs a larger efSearch for the same recall (0.970 vs 0.991 at efSearch 64 on
+    10^5 items); the M=32 graph is 256 MB at 10^6 items, a ninth of the vectors it
+    indexes, so memory does not argue for fewer links.
+The cost is the build: HNSW inserts one vector at a time, on every core, once per
+registration (IVF trains faster but could not reach the recall).
 
 Exclusion (the user's history and item 0, the padding row) is an over-fetch: search
 k + len(history) + 1 neighbours, drop excluded ids, keep the first k. The index holds
@@ -54,7 +55,7 @@ class IndexParams:
 
     m: int = 32                # links per node: recall per visited node vs graph memory
     ef_construction: int = 40  # FAISS's default; build time grows linearly with it
-    ef_search: int = 128       # candidates kept while searching: recall vs latency
+    ef_search: int = 256       # candidates kept while searching: recall vs latency
 
 
 def exact_scoring(num_items: int, exact_max_items: int = EXACT_MAX_ITEMS) -> bool:
