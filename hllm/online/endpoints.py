@@ -33,6 +33,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from hllm.assignment import Assignment, assign
 from hllm.online.arms import ArmModels
+from hllm.online.batching import MicroBatcher
 from hllm.online.exposure import ExposureLog
 
 DEFAULT_K = 10
@@ -123,13 +124,22 @@ class ArmEndpoint(Model):
 
 
 class RecommendEndpoint(ArmEndpoint):
-    """Top-k items per user from the arm's ranking model and the user's online history."""
+    """Top-k items per user from the arm's ranking model and the user's online history.
+
+    Histories are read on the endpoint's pool (the online store); scoring goes through a
+    MicroBatcher, so concurrent requests for one model version share one model call.
+    """
 
     def __init__(self, name: str, arms: ArmModels, log: ExposureLog,
-                 history: Callable[[str], list[str]], **kwargs: Any) -> None:
-        super().__init__(name, arms, log, **kwargs)
+                 history: Callable[[str], list[str]], workers: int = 2, **kwargs: Any) -> None:
+        super().__init__(name, arms, log, workers=workers, **kwargs)
         self.history = history
         self._history_lock = threading.Lock()  # Feast's SQLite store is one connection
+        self.batcher = MicroBatcher(workers=workers, name=f"{name}-score")
+
+    def stop(self) -> None:
+        super().stop()
+        self.batcher.stop()
 
     async def predict(self, payload: InferRequest, headers: dict | None = None,
                       response_headers: dict | None = None) -> InferResponse:
@@ -141,8 +151,25 @@ class RecommendEndpoint(ArmEndpoint):
         started = time.perf_counter()
         snapshot = self._check_ready()
         request_id = payload.id or str(uuid.uuid4())
-        answers = await self.run(
-            lambda: [self._one(snapshot, u, k, request_id, started) for u in users])
+        histories = await self.run(lambda: [self._history(u) for u in users])
+        routes = [self.route(u) for u in users]
+        futures = [self.batcher.submit(snapshot[a.serve], h, k) for a, h in zip(routes, histories)]
+        answers = []
+        for user, route, history, future in zip(users, routes, histories, futures):
+            model = snapshot[route.serve]
+            try:
+                items, scores = await asyncio.wrap_future(future)
+                if not items:
+                    raise RequestError(422, f"user {user!r}: none of the {len(history)} history "
+                                            f"items is known to {model.name} version "
+                                            f"{model.version}")
+            except Exception as exc:
+                status = exc.status if isinstance(exc, RequestError) else 500
+                message = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+                self.exposures.append(self.record("error", request_id, user, route, model,
+                                                  started, status=status, error=message))
+                raise
+            answers.append((route, model, items, scores))
         for user, (assignment, model, items, scores) in zip(users, answers):
             self.exposures.append(self.record("exposure", request_id, user, assignment, model,
                                               started, items=items, scores=scores))
@@ -161,27 +188,13 @@ class RecommendEndpoint(ArmEndpoint):
         return InferResponse(request_id, self.name, outputs,
                              model_version=versions[0] if len(versions) == 1 else None)
 
-    def _one(self, snapshot: dict, user: str, k: int, request_id: str, started: float):
+    def _history(self, user: str) -> list[str]:
         with self._history_lock:
             history = self.history(user)
         if not history:  # the user's data, not the arm's model: not an arm error
             raise RequestError(404, f"user {user!r} has no history in the online store; "
                                     "nothing to personalise from")
-        assignment = self.route(user)
-        model = snapshot[assignment.serve]
-        try:
-            out = model.predictor.predict(None, pd.DataFrame({"history": [history]}), {"k": k})
-            items = list(out["item_ids"].iloc[0])
-            if not items:
-                raise RequestError(422, f"user {user!r}: none of the {len(history)} history "
-                                        f"items is known to {model.name} version {model.version}")
-        except Exception as exc:
-            status = exc.status if isinstance(exc, RequestError) else 500
-            message = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-            self.exposures.append(self.record("error", request_id, user, assignment, model,
-                                              started, status=status, error=message))
-            raise
-        return assignment, model, items, [float(s) for s in out["scores"].iloc[0]]
+        return history
 
 
 class ScoreEndpoint(ArmEndpoint):

@@ -148,6 +148,8 @@ def status(endpoint: ArmEndpoint) -> dict[str, Any]:
             "arms": {arm: {"version": m.version, "ref": m.ref}
                      for arm, m in endpoint.arms.current().items()},
             "swaps": endpoint.arms.swaps,
+            **({"batching": {"requests": b.requests, "model_calls": b.batches}}
+               if (b := getattr(endpoint, "batcher", None)) else {}),
             "exposure_log": {"root": endpoint.exposures.root,
                              "pending": endpoint.exposures.pending,
                              "written": endpoint.exposures.written}}
