@@ -172,10 +172,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
                   tracking_uri=args.tracking_uri, out=args.out)
     for check in result.checks:
         print(f"{'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+    outcome = {"promoted": f" is now champion (previous: {result.champion or 'none'})",
+               "approved": f" passed; champion stays at version {result.champion}"}
     print(f"{result.decision}: {result.model} version {result.challenger}"
-          + (f" is now champion (previous: {result.champion or 'none'})" if result.promoted
-             else " (nothing moved)"))
-    return 0 if result.promoted or args.refusal_ok else 1
+          + outcome.get(result.decision, " (nothing moved)"))
+    print(f"next: {result.next_step}")
+    return 0 if result.passed or args.refusal_ok else 1
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -196,6 +198,15 @@ def cmd_ab_validate(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: valid ({cfg.name}: control {cfg.control}, treatment {cfg.treatment}, "
           f"layer {cfg.layer.name}, {cfg.start}..{cfg.end})")
+    return 0
+
+
+def cmd_ab_promote(args: argparse.Namespace) -> int:
+    from hllm.promotion import promote_treatment
+
+    done = promote_treatment(args.ab_config, tracking_uri=args.tracking_uri)
+    print(f"champion: {done.model} version {done.previous} -> version {done.version}, the "
+          f"treatment of {done.experiment} (version {done.previous} keeps @previous-champion)")
     return 0
 
 
@@ -507,6 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="log the readout as an MLflow run here (default: "
                                           "$MLFLOW_TRACKING_URI; none: not logged)")
     p.set_defaults(func=cmd_ab_readout)
+    p = asub.add_parser("promote", help="after the experiment: move champion to the treatment "
+                                        "the gate approved (gate.promote: after_experiment)")
+    p.add_argument("--ab-config", required=True, help="the experiment's A/B YAML (its treatment "
+                                                      "arm is promoted)")
+    p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_ab_promote)
 
     p = sub.add_parser("recommend", help="top-k items for one user, routed by the A/B config")
     p.add_argument("--user", required=True, help="raw user id")
@@ -559,6 +576,7 @@ EXAMPLES = {
     "ab replay": "hllm ab replay --traffic runs/replay/traffic.csv --model hllm",
     "ab readout": "hllm ab readout --ab-config configs/ab/hllm-rollout.yaml "
                   "--exposure-log runs/exposures --html runs/readout.html",
+    "ab promote": "hllm ab promote --ab-config configs/ab/hllm-rollout.yaml",
     "recommend": "hllm recommend --user 196 --ab-config configs/ab/hllm-rollout.yaml "
                  "--feature-repo runs/features",
     "serve": "hllm serve --ab-config configs/ab/hllm-rollout.yaml --feature-repo runs/features "

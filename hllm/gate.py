@@ -13,8 +13,13 @@ also be ahead of the ID baseline (SASRec) on the primary metric, on the same spl
 
 On pass, `previous-champion` is pointed at the old champion and `champion` at the
 challenger (undone if the second write fails), and the rollout plan is logged beside
-the version. On fail nothing moves. Either way the decision (inputs, numbers, outcome)
-is logged as an MLflow run in the `hllm-gate` experiment and as tags on the version.
+the version. With `gate.promote: after_experiment` a pass only approves the challenger
+(`gate.approved=true` on the version): the experiment's control arm is `@champion`, so
+moving it before the experiment would serve one model in both arms; `hllm ab promote`
+(hllm.promotion) moves it after the last stage. A first model, with nothing to
+experiment against, is promoted either way. On fail nothing moves. Either way the
+decision (inputs, numbers, outcome) is logged as an MLflow run in the `hllm-gate`
+experiment and as tags on the version.
 """
 
 from __future__ import annotations
@@ -48,11 +53,16 @@ CHAMPION, CHALLENGER, PREVIOUS = ALIASES
 METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 GATE_EXPERIMENT = "hllm-gate"
 SEGMENTS_FILE = "test_segments.npz"
+# Version tags `hllm ab promote` trusts: the gate passed this version ("true"/"false",
+# rewritten by every gate), for which experiment, and against which champion.
+APPROVED_TAG = "gate.approved"
+EXPERIMENT_TAG = "gate.experiment"
+APPROVED_AGAINST_TAG = "gate.approved_against"
 
 
 @dataclass
 class GateDecision:
-    decision: str  # promoted | refused
+    decision: str  # promoted | approved (passed; promotion waits for the experiment) | refused
     model: str
     challenger: str
     champion: str | None
@@ -61,10 +71,16 @@ class GateDecision:
     experiment: str
     decided_at: str
     gate_run_id: str = ""
+    next_step: str = ""  # what the operator does now, in words
 
     @property
     def promoted(self) -> bool:
         return self.decision == "promoted"
+
+    @property
+    def passed(self) -> bool:
+        """Every check passed, whether champion moved now or waits for the experiment."""
+        return self.decision in ("promoted", "approved")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "checks": [asdict(c) for c in self.checks]}
@@ -318,12 +334,13 @@ def gate(challenger: str, ab_config: str | Path, baseline: str | Path | None = N
         champ = evidence_from_version(client, name, champ_version, task) if champ_version else None
         checks = decide(cfg, chal, champ, base)
         reasons = [c.detail for c in checks if not c.passed]
-        result = GateDecision("promoted" if not reasons else "refused", name, version,
+        result = GateDecision(outcome(cfg, reasons, champ_version), name, version,
                               champ_version, reasons, checks, cfg.name,
                               dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        result.next_step = next_step(cfg, result)
         result.gate_run_id = _log_decision(client, cfg, result, Path(ab_config))
         if result.promoted:
-            _promote(client, name, version, champ_version)
+            promote_aliases(client, name, version, champ_version)
         _tag_version(client, name, version, result)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -331,6 +348,36 @@ def gate(challenger: str, ab_config: str | Path, baseline: str | Path | None = N
         (Path(out) / "rollout_plan.md").write_text(rollout_plan(cfg, result))
     log.info("gate: %s %s v%s (%s)", result.decision, name, version, "; ".join(reasons) or "all checks passed")
     return result
+
+
+def outcome(cfg: ABConfig, reasons: list[str], champion: str | None) -> str:
+    """refused, promoted, or approved: a pass whose promotion waits for the experiment.
+
+    Without a champion there is no control to experiment against, so a first model is
+    promoted even under `gate.promote: after_experiment` (`next_step` says so).
+    """
+    if reasons:
+        return "refused"
+    if cfg.gate.promote == "after_experiment" and champion is not None:
+        return "approved"
+    return "promoted"
+
+
+def next_step(cfg: ABConfig, result: GateDecision) -> str:
+    """One sentence for the operator: what the decision leaves them to do."""
+    source = cfg.source or "CONFIG"
+    if result.decision == "refused":
+        return "nothing moved; improve the challenger or change the bar, then gate again"
+    if result.decision == "approved":
+        return (f"start the experiment with version {result.challenger} as its treatment "
+                f"(pin it: treatment: {{version: {result.challenger}}}); champion stays at version "
+                f"{result.champion} until, after the last ramp stage, `hllm ab promote "
+                f"--ab-config {source}`")
+    if cfg.gate.promote == "after_experiment":
+        return ("no champion yet, so nothing to experiment against: promoted now despite "
+                "gate.promote: after_experiment; the next challenger goes through the experiment")
+    return (f"champion serves everyone now; watch the guardrails, and `hllm rollback "
+            f"--ab-config {source}` undoes it")
 
 
 LOCK_TAG = "gate.lock"
@@ -413,8 +460,12 @@ def _baseline(client, baseline: str | Path | None, task: str = "ranking") -> Evi
     return evidence_from_dir(baseline, f"baseline {baseline}", task)
 
 
-def _promote(client, name: str, version: str, old: str | None) -> None:
-    """Both aliases or neither: the second write failing restores the first."""
+def promote_aliases(client, name: str, version: str, old: str | None) -> None:
+    """`champion` to `version` and `previous-champion` to `old`: both or neither.
+
+    The second write failing restores the first, so the server never sees a champion
+    without the previous one `hllm rollback` needs. Call it under `registry_lock`.
+    """
     previous_before = resolve_version(client, name, PREVIOUS)
     if old is not None:
         client.set_registered_model_alias(name, PREVIOUS, old)
@@ -462,25 +513,47 @@ def _tag_version(client, name: str, version: str, result: GateDecision) -> None:
     client.set_model_version_tag(name, version, "gate.run_id", result.gate_run_id)
     client.set_model_version_tag(name, version, "gate.rollout_plan",
                                  f"runs:/{result.gate_run_id}/rollout_plan.md")
+    client.set_model_version_tag(name, version, APPROVED_TAG, str(result.passed).lower())
+    client.set_model_version_tag(name, version, EXPERIMENT_TAG, result.experiment)
+    client.set_model_version_tag(name, version, APPROVED_AGAINST_TAG, result.champion or "none")
 
 
 def rollout_plan(cfg: ABConfig, result: GateDecision) -> str:
-    """The ops-facing plan: what moves, how traffic ramps, what to watch, how to undo."""
+    """The ops-facing plan: what moved, how traffic ramps, what to watch, what next, how to undo."""
     lines = [f"# Rollout plan: {result.model} version {result.challenger}", "",
              f"Gate decision: **{result.decision}** ({result.decided_at}); experiment "
              f"`{cfg.name}`, owner {cfg.owner}, layer `{cfg.layer.name}` slice "
              f"{cfg.layer.slice[0]:g}-{cfg.layer.slice[1]:g}%, {cfg.start} to {cfg.end}.", ""]
-    if not result.promoted:
+    if not result.passed:
         lines += ["Nothing moves. Reasons:", ""] + [f"- {r}" for r in result.reasons] + [""]
         return "\n".join(lines)
-    control = f"version {result.champion}" if result.champion else "no model (first release)"
-    lines += [f"`{result.model}@champion` now points at version {result.challenger}; the previous "
-              f"champion ({control}) keeps `@{PREVIOUS}`.", "",
-              f"Arms: control {cfg.control} {cfg.allocation['control']:g}%, treatment "
-              f"{cfg.treatment} {cfg.allocation['treatment']:g}%, holdout "
-              f"{cfg.allocation['holdout']:g}%; bucketing by {cfg.bucketing.unit}, salt "
-              f"`{cfg.bucketing.salt}`, {cfg.bucketing.buckets} buckets.", "",
-              "| stage | treatment share | days | advance when |", "|---|---|---|---|"]
+    lines += _what_moved(cfg, result) + _ramp_lines(cfg)
+    lines += ["", "Offline evidence:", ""] + [f"- {c.name}: {c.detail}" for c in result.checks]
+    lines += ["", f"Next: {result.next_step}.", "", _undo_line(cfg, result), ""]
+    return "\n".join(lines)
+
+
+def _what_moved(cfg: ABConfig, result: GateDecision) -> list[str]:
+    if result.promoted:
+        control = f"version {result.champion}" if result.champion else "no model (first release)"
+        return [f"`{result.model}@champion` now points at version {result.challenger}; the "
+                f"previous champion ({control}) keeps `@{PREVIOUS}`.", ""]
+    lines = [f"`{result.model}@champion` stays at version {result.champion}, the control arm: "
+             f"version {result.challenger} is approved (`{APPROVED_TAG}=true`) for the treatment "
+             "arm, and moving champion now would serve it in both arms.", ""]
+    if cfg.treatment.version != int(result.challenger):
+        lines += [f"The config's treatment is {cfg.treatment}: pin it to `treatment: {{version: "
+                  f"{result.challenger}}}` before the experiment starts, so that a registration "
+                  "cannot swap the arm.", ""]
+    return lines
+
+
+def _ramp_lines(cfg: ABConfig) -> list[str]:
+    lines = [f"Arms: control {cfg.control} {cfg.allocation['control']:g}%, treatment "
+             f"{cfg.treatment} {cfg.allocation['treatment']:g}%, holdout "
+             f"{cfg.allocation['holdout']:g}%; bucketing by {cfg.bucketing.unit}, salt "
+             f"`{cfg.bucketing.salt}`, {cfg.bucketing.buckets} buckets.", "",
+             "| stage | treatment share | days | advance when |", "|---|---|---|---|"]
     day = 0
     for i, stage in enumerate(cfg.ramp, 1):
         lines.append(f"| {i} | {stage.percent:g}% | {stage.days} (day {day + 1}-{day + stage.days}) "
@@ -491,7 +564,14 @@ def rollout_plan(cfg: ABConfig, result: GateDecision) -> str:
         limit = " and ".join(x for x in (f"<= {g.max:g}" if g.max is not None else "",
                                         f">= {g.min:g}" if g.min is not None else "") if x)
         lines.append(f"- `{g.metric}` {limit}")
-    lines += ["", "Offline evidence:", ""] + [f"- {c.name}: {c.detail}" for c in result.checks]
-    lines += ["", f"Rollback: `hllm rollback --ab-config {cfg.source or 'CONFIG'}` points "
-              f"`@champion` back at `@{PREVIOUS}`.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _undo_line(cfg: ABConfig, result: GateDecision) -> str:
+    source = cfg.source or "CONFIG"
+    if result.promoted:
+        return (f"Rollback: `hllm rollback --ab-config {source}` points `@champion` back at "
+                f"`@{PREVIOUS}`.")
+    return (f"Rollback: the registry has not moved; stop the treatment by serving with "
+            f"`--ramp-percent 0`. After `hllm ab promote`, `hllm rollback --ab-config {source}` "
+            f"points `@champion` back at `@{PREVIOUS}`.")

@@ -19,7 +19,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto
          "td.num{text-align:right;font-variant-numeric:tabular-nums}"
          "tr.fail td{background:#ffebe9}.bad{color:#b00}"
          ".verdict{padding:.8em 1.2em;border-radius:6px;margin:1em 0;font-size:15px}"
-         ".verdict.promoted{background:#dafbe1;border:1px solid #1a7f37}"
+         ".verdict.promoted,.verdict.approved{background:#dafbe1;border:1px solid #1a7f37}"
          ".verdict.refused{background:#ffebe9;border:1px solid #cf222e}"
          ".verdict.none{background:#fff8c5;border:1px solid #9a6700}"
          ".verdict b{font-size:20px}.charts svg{margin:6px}pre{background:#f6f6f6;padding:8px}"
@@ -61,7 +61,7 @@ def against(check: dict[str, Any]) -> str:
 
 
 def verdict(gate: dict[str, Any] | None, status: str, model: str = "") -> str:
-    """The first thing on the page: promoted or refused, which version, and why."""
+    """The first thing on the page: promoted, approved or refused, which version, and why."""
     if not gate:
         why = {"rejected": "validation refused the data, so nothing was trained",
                "incomplete": "the run stopped before the gate"}.get(status, status)
@@ -74,6 +74,10 @@ def verdict(gate: dict[str, Any] | None, status: str, model: str = "") -> str:
     if decision == "promoted":
         head = (f"<b>PROMOTED</b>: {name} version {version} is now champion "
                 f"(previous champion: {html.escape(str(champion or 'none'))}).")
+    elif decision == "approved":  # gate.promote: after_experiment
+        head = (f"<b>APPROVED</b>: {name} version {version} passed and goes to the A/B "
+                f"experiment; champion stays at version {html.escape(str(champion))} until "
+                "<code>hllm ab promote</code> after the last stage.")
     else:
         head = (f"<b>REFUSED</b>: {name} version {version} stays challenger; the champion "
                 f"is unchanged ({html.escape(str(champion or 'none yet'))}).")

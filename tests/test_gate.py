@@ -284,3 +284,95 @@ def test_shipped_segment_rules_against_the_id_baseline(mlflow_env, tmp_path, cas
         assert result.decision == "refused"
         assert any("segment cold" in r and "test_segments.npz" in r for r in result.reasons)
     assert aliases(client, model).get("champion") == (version if result.promoted else None)
+
+
+# ---------------------------------------------------------------- promotion after an experiment
+
+def pin_treatment(ab: Path, version: str, **edits) -> None:
+    """What an operator does before the experiment starts: treatment: {version: N}."""
+    raw = yaml.safe_load(ab.read_text())
+    raw.update(treatment={"version": int(version)}, **edits)
+    ab.write_text(yaml.safe_dump(raw))
+
+
+def ab_promote(ab: Path, capsys, monkeypatch) -> tuple[int, str, list[str]]:
+    """`hllm ab promote` in this process: exit code, stdout, stderr lines."""
+    from hllm.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main() sets it; keep it this test's
+    capsys.readouterr()  # drop what the setup printed (MLflow's run links)
+    code = main(["ab", "promote", "--ab-config", str(ab)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def test_after_experiment_the_gate_approves_and_ab_promote_moves_champion(
+        registry, tmp_path, capsys, monkeypatch):
+    """gate.promote: after_experiment. The first model is still promoted (no control to
+    experiment against); a better challenger is only approved, so @champion, the control
+    arm, keeps serving the old version; after the experiment `hllm ab promote` moves it to
+    the pinned treatment, although a registration during the experiment moved @challenger."""
+    from hllm.report_html import verdict
+
+    client, model, _ = registry
+    ab = write_ab(tmp_path, model, promote="after_experiment")
+    baseline = evaluation_dir(tmp_path, BASE * 2)
+    v1 = add_version(client, tmp_path, model, BASE)
+    first = gate(v1, ab, baseline=baseline)
+    assert first.promoted and "no champion yet" in first.next_step, first.reasons
+    assert aliases(client, model) == {"champion": v1, "challenger": v1}
+
+    v2 = add_version(client, tmp_path, model, better(BASE))
+    second = gate("challenger", ab, baseline=baseline, out=tmp_path / "g2")
+    assert second.decision == "approved" and second.passed and not second.promoted, second.reasons
+    assert aliases(client, model) == {"champion": v1, "challenger": v2}
+    tags = client.get_model_version(model, v2).tags
+    assert (tags["gate.decision"], tags["gate.approved"]) == ("approved", "true")
+    assert (tags["gate.experiment"], tags["gate.approved_against"]) == ("hllm-rollout", v1)
+    plan = (tmp_path / "g2" / "rollout_plan.md").read_text()
+    assert f"stays at version {v1}" in plan and f"`hllm ab promote --ab-config {ab}`" in plan
+    assert f"pin it to `treatment: {{version: {v2}}}`" in plan  # the config's treatment is an alias
+    assert "<b>APPROVED</b>" in verdict(second.to_dict(), "succeeded")
+
+    pin_treatment(ab, v2)
+    v3 = add_version(client, tmp_path, model, BASE * 2)  # registered mid-experiment: @challenger
+    code, out, err = ab_promote(ab, capsys, monkeypatch)
+    assert code == 0, err
+    assert f"{model} version {v1} -> version {v2}, the treatment of hllm-rollout" in out
+    assert aliases(client, model) == {"champion": v2, "previous-champion": v1, "challenger": v3}
+    assert client.get_model_version(model, v2).tags["gate.promoted_after_experiment"].startswith(
+        "hllm-rollout at ")
+    assert "gate.lock" not in client.get_registered_model(model).tags  # released
+    assert rollback(ab) == (v2, v1)  # previous-champion was set for exactly this
+
+
+@pytest.mark.parametrize("case, words", [
+    ("never gated", "was never gated; only a version the gate approved is promoted: run "
+                    "`hllm gate --challenger"),
+    ("refused by the gate", "the gate refused it (its gate.reasons tag says why)"),
+    ("already champion", "is already the champion; nothing to promote"),
+    ("approved for another experiment", "was approved for experiment 'hllm-rollout', not "
+                                        "'hllm-rollout-2'"),
+    ("champion replaced since the approval", "was approved against champion version"),
+])
+def test_ab_promote_refuses_in_one_line_and_moves_nothing(
+        registry, tmp_path, capsys, monkeypatch, case, words):
+    client, model, _ = registry
+    ab = write_ab(tmp_path, model, promote="after_experiment")
+    v1 = add_version(client, tmp_path, model, BASE)
+    client.set_registered_model_alias(model, "champion", v1)
+    v2 = add_version(client, tmp_path, model, BASE * 2 if case == "refused by the gate" else better(BASE))
+    if case in ("refused by the gate", "approved for another experiment",
+                "champion replaced since the approval"):
+        decision = gate(v2, ab, baseline=evaluation_dir(tmp_path, BASE * 2))
+        assert decision.decision == ("refused" if case == "refused by the gate" else "approved")
+    if case == "champion replaced since the approval":
+        client.set_registered_model_alias(model, "champion", add_version(client, tmp_path, model, BASE))
+    pin_treatment(ab, v1 if case == "already champion" else v2,
+                  **({"name": "hllm-rollout-2"} if case == "approved for another experiment" else {}))
+    before = aliases(client, model)
+    code, out, err = ab_promote(ab, capsys, monkeypatch)
+    assert code == 2 and out == "" and len(err) == 1, (code, out, err)
+    assert err[0].startswith("error: ") and words in err[0], err
+    assert aliases(client, model) == before
+    assert "gate.lock" not in client.get_registered_model(model).tags
