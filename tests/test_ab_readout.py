@@ -127,6 +127,7 @@ def test_the_last_stage_ends_the_experiment(cfg):
     assert r.decision == "advance", r.reasons
     assert r.stage["index"] == len(cfg.ramp) - 1
     assert "end the experiment" in r.next_step
+    assert f"hllm ab promote --ab-config {CONFIG}" in r.next_step  # the command that promotes
 
 
 def test_a_stage_short_of_its_days_holds(cfg):

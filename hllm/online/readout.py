@@ -225,7 +225,8 @@ def decide(cfg: ABConfig, readout_parts: dict[str, Any], min_users: int) -> tupl
             f"serve with --ramp-percent {nxt.percent:g} (stage {stage['index'] + 2} of "
             f"{len(cfg.ramp)}, {nxt.days} days)")
     return "advance", held + ["the last ramp stage ran its days with every guardrail held"], (
-        "end the experiment: the treatment may replace control (hllm gate promotes it)")
+        f"end the experiment: the treatment may replace control (hllm ab promote --ab-config "
+        f"{cfg.source})")
 
 
 def readout(cfg: ABConfig, records: Iterable[dict[str, Any]], log: str = "",
