@@ -33,7 +33,7 @@ RULES: list[tuple[str, str | None]] = [
     (r"hllm features build .*--embed-preset", "embeds every item with SmolLM2 (minutes, cold cache)"),
     (r"hllm (evaluate|compare|register|export-onnx|explain|msr (evaluate|register|explain))",
      "needs a trained run under runs/ (made by a skipped command)"),
-    (r"hllm (gate|rollback|recommend|serve)", "needs a registered model on an MLflow server"),
+    (r"hllm (gate|rollback|recommend|serve|ab promote)", "needs a registered model on an MLflow server"),
     (r"hllm features add-items|cd runs/features", "needs runs/features (made by a skipped command)"),
     (r"xdg-open", "opens a browser"),
     (r"python bench/ml1m(_msr)?\.py", "downloads MovieLens-1M and trains (minutes to hours)"),
