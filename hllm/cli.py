@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories; the first is compared with each other")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("gate", help="promote a challenger to champion if it beat it offline")
+    p = sub.add_parser("gate", help="promote a challenger to champion if it beat it offline "
+                                    "(approve it only, with gate.promote: after_experiment)")
     p.add_argument("--challenger", required=True, help="model version (or alias) to judge")
     p.add_argument("--ab-config", required=True, help="A/B experiment YAML (configs/ab/)")
     p.add_argument("--baseline", help="ID baseline: run directory or models:/NAME@ALIAS")
