@@ -179,6 +179,7 @@ def check_port(host: str, port: int) -> None:
 def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | None = None,
           data: str | None = None, options: ServeOptions = ServeOptions()) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Errors before serving raise HLLMError."""
+    import faiss  # heavy imports, needed only once serving starts
     import torch
 
     cfg = load_ab_config(ab_config)
@@ -193,6 +194,7 @@ def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | N
     for name in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(1)  # parallel requests, not parallel kernels, on a few cores
+    faiss.omp_set_num_threads(1)  # the same for the catalog index's searches
     exposures = ExposureLog(exposure_log)
     endpoint = ENDPOINTS[cfg.gate.task](cfg.model, ArmModels(cfg), exposures,
                                         workers=options.workers,
