@@ -37,7 +37,12 @@ RULES: list[tuple[str, str | None]] = [
     (r"hllm features add-items|cd runs/features", "needs runs/features (made by a skipped command)"),
     (r"xdg-open", "opens a browser"),
     (r"python bench/ml1m(_msr)?\.py", "downloads MovieLens-1M and trains (minutes to hours)"),
-    (r"hllm (validate|ab validate|pipeline compile|msr (stats|validate))", None),
+    (r"hllm ab (replay|readout)", "needs a running hllm serve or the log it wrote"),
+    (r"hllm features build --data runs/replay", "needs runs/replay (hllm ab holdback, run "
+     "above) and builds the online store"),
+    (r"python bench/(serve_load|ab_replay)\.py", "starts a registry and hllm serve over "
+     "make run's runs (minutes)"),
+    (r"hllm (validate|ab (validate|holdback)|pipeline compile|msr (stats|validate))", None),
 ]
 
 
