@@ -585,8 +585,8 @@ def serving_problems(isvc: dict, objects: list[dict]) -> list[str]:
         problems.append("serving.kserve.io/deploymentMode must be Standard")
     if (annotations.get("serving.kserve.io/autoscalerClass"), predictor.get("minReplicas"),
             predictor.get("maxReplicas")) != ("none", 1, 1):
-        problems.append("one replica, no autoscaler: pods started in the same second would "
-                        "write the same exposure log parts")
+        problems.append("one replica, no autoscaler: an admin refresh reaches one pod, so "
+                        "several would serve different versions until their next poll")
     rollout = predictor.get("deploymentStrategy", {}).get("rollingUpdate", {})
     if rollout.get("maxUnavailable") != 0:
         problems.append("deploymentStrategy: maxUnavailable 0, so the old pod serves until "
