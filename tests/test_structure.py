@@ -106,3 +106,30 @@ def test_no_import_cycles_between_project_modules():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def declared_distributions() -> set[str]:
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """A module the code imports must not arrive only because another package needs it."""
+    import sys
+    from importlib.metadata import packages_distributions
+
+    owners = packages_distributions()
+    declared = declared_distributions()
+    missing = set()
+    for path in modules().values():
+        for module, _ in imports(path):
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top in PACKAGES or top not in owners:
+                continue
+            dists = {d.lower().replace("_", "-") for d in owners[top]}
+            if not dists & declared:
+                missing.add(f"{top} ({', '.join(sorted(dists))}) in {path.relative_to(ROOT)}")
+    assert not missing, sorted(missing)
