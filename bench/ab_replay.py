@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from serving_setup import ROOT, served_experiment
+from serving_setup import ROOT, add_run_arguments, check_runs, served_experiment
 
 
 def offline_hits(run: Path, data: str, users: dict[str, str], k: int = 10) -> tuple[int, int]:
@@ -54,18 +54,13 @@ def offline_hits(run: Path, data: str, users: dict[str, str], k: int = 10) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="../shared/data/ml-100k")
-    parser.add_argument("--control", type=Path, default=ROOT / "runs/latest/train_sasrec")
-    parser.add_argument("--treatment", type=Path, default=ROOT / "runs/latest/train_hllm")
+    add_run_arguments(parser)
     parser.add_argument("--html", type=Path, help="copy the readout page here")
     parser.add_argument("--max-history", type=int, default=50,
                         help="items per user in the online store (hllm features build's "
                              "--max-history; default 50, as there)")
     args = parser.parse_args()
-    for run in (args.control, args.treatment):
-        if not (run / "test_ranks.npy").is_file():
-            parser.error(f"{run}: not a finished run (run `make run` first, or pass --control "
-                         "and --treatment)")
+    check_runs(parser, args, "test_ranks.npy")
     from hllm.features import build_features
     from hllm.online.readout import render_text, run_readout
     from hllm.online.replay import hold_back

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving_setup import ROOT, Served, register, served_experiment
+from serving_setup import Served, add_run_arguments, check_runs, register, served_experiment
 
 MAX_LOAD_S = 60
 
@@ -94,18 +94,13 @@ def row(name: str, clients: int, results: list, seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="../shared/data/ml-100k")
-    parser.add_argument("--control", type=Path, default=ROOT / "runs/latest/train_sasrec")
-    parser.add_argument("--treatment", type=Path, default=ROOT / "runs/latest/train_hllm")
+    add_run_arguments(parser)
     parser.add_argument("--seconds", type=float, default=12.0, help="per phase (4 phases)")
     parser.add_argument("--workers", type=int, default=2, help="the server's scoring threads")
     args = parser.parse_args()
     if 4 * args.seconds + 2 > MAX_LOAD_S:
         parser.error(f"--seconds {args.seconds:g}: the load must stay under {MAX_LOAD_S} s")
-    for run in (args.control, args.treatment):
-        if not (run / "metrics.json").is_file():
-            parser.error(f"{run}: not a finished run (run `make run` first, or pass --control "
-                         "and --treatment)")
+    check_runs(parser, args, "metrics.json")
     from hllm.features import build_features
     from hllm.serving import OnlineHistory
 

@@ -8,6 +8,7 @@ reaches beyond this machine; the benches stop every process they start.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -29,6 +30,21 @@ sys.path.insert(0, str(ROOT))
 from hllm.services import embedded_services, free_port  # noqa: E402
 
 MODEL = "bench-serving"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data and the two finished runs (by default those `make run` leaves) both benches serve."""
+    parser.add_argument("--data", default="../shared/data/ml-100k")
+    parser.add_argument("--control", type=Path, default=ROOT / "runs/latest/train_sasrec")
+    parser.add_argument("--treatment", type=Path, default=ROOT / "runs/latest/train_hllm")
+
+
+def check_runs(parser: argparse.ArgumentParser, args: argparse.Namespace, needs: str) -> None:
+    """Refuse, before any server starts, a run that lacks `needs` (a file training writes)."""
+    for run in (args.control, args.treatment):
+        if not (run / needs).is_file():
+            parser.error(f"{run}: not a finished run (run `make run` first, or pass --control "
+                         "and --treatment)")
 
 
 @dataclass

@@ -141,11 +141,12 @@ def arm_outcome(records: list[dict[str, Any]], clicks: dict, ks: tuple[int, ...]
 
 def current_stage(cfg: ABConfig, routed: list[dict[str, Any]]) -> dict[str, Any]:
     """The ramp stage of the newest record, and how long records have come at that stage."""
-    newest = max(routed, key=lambda r: r["time"])
-    percent = newest.get("ramp")
-    percent = cfg.allocation["treatment"] if percent is None else float(percent)
-    times = [r["time"] for r in routed
-             if (cfg.allocation["treatment"] if r.get("ramp") is None else float(r["ramp"])) == percent]
+    def stage_percent(record: dict[str, Any]) -> float:  # no ramp given: the full allocation
+        ramp = record.get("ramp")
+        return cfg.allocation["treatment"] if ramp is None else float(ramp)
+
+    percent = stage_percent(max(routed, key=lambda r: r["time"]))
+    times = [r["time"] for r in routed if stage_percent(r) == percent]
     days = (dt.datetime.fromisoformat(max(times)) - dt.datetime.fromisoformat(min(times))
             ).total_seconds() / 86400
     index = next((i for i, s in enumerate(cfg.ramp) if s.percent == percent), None)
