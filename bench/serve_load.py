@@ -97,6 +97,8 @@ def main() -> None:
     add_run_arguments(parser)
     parser.add_argument("--seconds", type=float, default=12.0, help="per phase (4 phases)")
     parser.add_argument("--workers", type=int, default=2, help="the server's scoring threads")
+    parser.add_argument("--kserve-route", action="store_true",
+                        help="serve through KServe's generic inference route (to compare)")
     args = parser.parse_args()
     if 4 * args.seconds + 2 > MAX_LOAD_S:
         parser.error(f"--seconds {args.seconds:g}: the load must stay under {MAX_LOAD_S} s")
@@ -113,7 +115,8 @@ def main() -> None:
               "with a history", flush=True)
         with served_experiment(tmp, [args.control, args.treatment],
                                ("--feature-repo", str(tmp / "features")),
-                               workers=args.workers) as served:
+                               workers=args.workers,
+                               serve_args=["--kserve-route"] if args.kserve_route else []) as served:
             register(served.env, [args.treatment])  # version 3, for the swap
             served.set_alias("challenger", "2")
             phase(served, users, 4, 2.0)  # warm-up: not reported

@@ -101,8 +101,9 @@ def register(env: dict[str, str], runs: list[Path], model: str = MODEL) -> None:
 @contextmanager
 def served_experiment(workdir: Path, runs: list[Path], history: tuple[str, str],
                       ab_config: Path = ROOT / "configs" / "ab" / "hllm-rollout.yaml",
-                      workers: int = 2) -> Iterator[Served]:
-    """Registry + `hllm serve` on 127.0.0.1; `history` is ("--feature-repo"|"--data", path)."""
+                      workers: int = 2, serve_args: list[str] = ()) -> Iterator[Served]:
+    """Registry + `hllm serve` on 127.0.0.1; `history` is ("--feature-repo"|"--data", path);
+    `serve_args`: more `hllm serve` options."""
     with ExitStack() as stack:
         services = stack.enter_context(embedded_services(workdir / "services"))
         env = {**os.environ, **services.env, "HLLM_CACHE": os.environ.get(
@@ -123,7 +124,7 @@ def served_experiment(workdir: Path, runs: list[Path], history: tuple[str, str],
         proc = subprocess.Popen(
             [sys.executable, "-m", "hllm.cli", "serve", "--ab-config", str(ab), *history,
              "--exposure-log", str(log_dir), "--port", str(port), "--poll-seconds", "0",
-             "--workers", str(workers)], cwd=ROOT, env=env, stdout=open(output, "w"),
+             "--workers", str(workers), *serve_args], cwd=ROOT, env=env, stdout=open(output, "w"),
             stderr=subprocess.STDOUT)
         served = Served(f"http://127.0.0.1:{port}", MODEL, env, ab, log_dir, proc, output)
         try:

@@ -266,7 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options = ServeOptions(host=args.host, port=args.port, poll_seconds=args.poll_seconds,
                            workers=args.workers, grace_seconds=args.grace_seconds,
-                           ramp_percent=args.ramp_percent)
+                           ramp_percent=args.ramp_percent, kserve_route=args.kserve_route)
     return serve(args.ab_config, args.exposure_log, feature_repo=args.feature_repo,
                  data=args.data, options=options)
 
@@ -549,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-read the arms' registry aliases this often; 0: only on "
                         "POST /v1/admin/refresh (default 30)")
     p.add_argument("--workers", type=int, default=2, help="scoring threads (default 2)")
+    p.add_argument("--kserve-route", action="store_true",
+                   help="answer inference through KServe's generic route (pydantic body, "
+                        "jsonable_encoder; slower) instead of the model's own: to compare")
     p.add_argument("--grace-seconds", type=int, default=30,
                    help="on SIGTERM, wait this long for requests in flight (default 30)")
     p.add_argument("--ramp-percent", type=float, help="current ramp stage's treatment share")

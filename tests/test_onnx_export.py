@@ -191,10 +191,10 @@ def smollm2_ml100k(tmp_path_factory):
     model = ItemLLM(cfg.item_llm).eval()
     every = model.tokenize(split.item_text[1:])  # index 0 is the padding item
     assert len(every) == 1682
-    # A quarter of the catalogue (every 4th item) plus the 16 longest texts: the
-    # lengths and shapes of all of it, at a quarter of the cost of two full passes.
+    # An eighth of the catalogue (every 8th item) plus the 16 longest texts: the lengths
+    # and shapes of all of it, at an eighth of the cost of four full passes.
     longest = sorted(range(len(every)), key=lambda i: -len(every[i]))[:16]
-    sample = sorted(set(range(0, len(every), 4)) | set(longest))
+    sample = sorted(set(range(0, len(every), 8)) | set(longest))
     tokens = [every[i] for i in sample]
     out = tmp_path_factory.mktemp("smollm2-onnx")
     manifest = export_item_llm_model(model, out, ["fp32", "int8", "int8-mlp"])
@@ -205,7 +205,7 @@ def smollm2_ml100k(tmp_path_factory):
 @pytest.mark.slow
 def test_smollm2_fp32_parity_on_ml100k_items(smollm2_ml100k):
     model, tokens, out, manifest, reference = smollm2_ml100k
-    assert len(tokens) > 420 and manifest["pooling"] == "mean"
+    assert len(tokens) > 220 and manifest["pooling"] == "mean"
     assert (out / "tokenizer" / "tokenizer.json").is_file()
     sess = session(out / "item_llm.onnx", device="cpu")
     got = onnx_embed(sess, tokens, batch_size=32, pad_id=model.tokenizer.pad_id)

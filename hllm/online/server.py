@@ -27,9 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferRequest
 
 from hllm import tracking
 from hllm.errors import ConfigError, HLLMError
@@ -49,6 +52,7 @@ class ServeOptions:
     workers: int = 2  # scoring threads (one per core)
     grace_seconds: int = 30  # how long SIGTERM waits for requests in flight
     ramp_percent: float | None = None  # the current ramp stage's treatment share
+    kserve_route: bool = False  # infer through KServe's generic route (to compare)
 
 
 def import_kserve_server():
@@ -83,6 +87,11 @@ def build_app(endpoint: ArmEndpoint, options: ServeOptions):
     @app.get("/v2/health/ready")
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": endpoint.ready}, status_code=200 if endpoint.ready else 503)
+
+    if not options.kserve_route:
+        @app.post(f"/v2/models/{endpoint.name}/infer")
+        async def infer(request: Request) -> Response:
+            return await infer_route(endpoint, request)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
@@ -124,6 +133,36 @@ def build_app(endpoint: ArmEndpoint, options: ServeOptions):
         return JSONResponse(status(endpoint))
 
     return rest
+
+
+async def infer_route(endpoint: ArmEndpoint, request: Request) -> Response:
+    """The model's Open Inference Protocol route, answered ahead of KServe's generic one.
+
+    Same protocol and the same KServe objects (InferRequest.from_bytes, the model's
+    __call__ with its Prometheus timings, InferResponse.to_rest, the binary-data
+    extension), without what the generic route adds per request: a pydantic model of
+    the body, then FastAPI's jsonable_encoder over the response. bench/serve_load.py
+    measures the difference (`hllm serve --kserve-route` answers through KServe's route).
+    """
+    body = await request.body()
+    header = request.headers.get("inference-header-content-length")
+    try:
+        json_length = int(header) if header is not None else len(body)
+        payload = InferRequest.from_bytes(body, json_length, endpoint.name)
+    except InvalidInput:
+        raise
+    except KeyError as exc:
+        raise InvalidInput(f"request body: field {exc} is required (an inference request is "
+                           '{"inputs": [{"name", "shape", "datatype", "data"}]})') from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInput(f"request body: not an inference request ({exc})") from None
+    response, headers = await endpoint(payload, headers=dict(request.headers))
+    rest, json_length = response.to_rest()
+    if json_length is not None:  # binary outputs follow the JSON header
+        return Response(rest, media_type="application/octet-stream",
+                        headers={**headers, "inference-header-content-length": str(json_length)})
+    return Response(orjson.dumps(rest, option=orjson.OPT_SERIALIZE_NUMPY),
+                    media_type="application/json", headers=headers)
 
 
 def feedback_record(body: Any) -> dict[str, Any]:
