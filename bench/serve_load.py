@@ -97,6 +97,7 @@ def main() -> None:
     add_run_arguments(parser)
     parser.add_argument("--seconds", type=float, default=12.0, help="per phase (4 phases)")
     parser.add_argument("--workers", type=int, default=2, help="the server's scoring threads")
+    parser.add_argument("--processes", type=int, default=1, help="the server's processes")
     parser.add_argument("--kserve-route", action="store_true",
                         help="serve through KServe's generic inference route (to compare)")
     args = parser.parse_args()
@@ -116,7 +117,9 @@ def main() -> None:
         with served_experiment(tmp, [args.control, args.treatment],
                                ("--feature-repo", str(tmp / "features")),
                                workers=args.workers,
-                               serve_args=["--kserve-route"] if args.kserve_route else []) as served:
+                               serve_args=["--processes", str(args.processes),
+                                           *(["--kserve-route"] if args.kserve_route else [])]
+                               ) as served:
             register(served.env, [args.treatment])  # version 3, for the swap
             served.set_alias("challenger", "2")
             phase(served, users, 4, 2.0)  # warm-up: not reported

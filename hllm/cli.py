@@ -266,7 +266,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options = ServeOptions(host=args.host, port=args.port, poll_seconds=args.poll_seconds,
                            workers=args.workers, grace_seconds=args.grace_seconds,
-                           ramp_percent=args.ramp_percent, kserve_route=args.kserve_route)
+                           ramp_percent=args.ramp_percent, kserve_route=args.kserve_route,
+                           processes=args.processes)
     return serve(args.ab_config, args.exposure_log, feature_repo=args.feature_repo,
                  data=args.data, options=options)
 
@@ -549,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-read the arms' registry aliases this often; 0: only on "
                         "POST /v1/admin/refresh (default 30)")
     p.add_argument("--workers", type=int, default=2, help="scoring threads (default 2)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the port, each with its own models (one "
+                        "per core; default 1; in a cluster, prefer replicas)")
     p.add_argument("--kserve-route", action="store_true",
                    help="answer inference through KServe's generic route (pydantic body, "
                         "jsonable_encoder; slower) instead of the model's own: to compare")

@@ -382,6 +382,49 @@ def test_sigterm_under_load_logs_every_answered_request(served, tmp_path):
     assert all(secret not in p.read_text() for p in (tmp_path / "log").rglob("*.jsonl"))
 
 
+def test_two_processes_share_the_port_swap_together_and_drain_on_sigterm(served, tmp_path):
+    from mlflow import MlflowClient
+
+    s = Server(served, tmp_path / "log", "--processes", "2")
+    client = MlflowClient(served["uri"])
+    v1 = client.get_model_version(served["model"], "1")
+    fresh = client.create_model_version(served["model"], v1.source, v1.run_id,
+                                        model_id=v1.source.rsplit("/", 1)[-1]).version
+
+    def views(n: int = 40) -> list[dict]:  # a new connection each: either process may answer
+        with ThreadPoolExecutor(8) as pool:
+            return [body for status, body in pool.map(lambda _: s.get("/v1/serving"), range(n))
+                    if status == 200]
+
+    stop = threading.Event()
+    result: list = []
+    loader = threading.Thread(target=lambda: result.extend(hammer(s, stop)))
+    loader.start()
+    try:
+        before = views()
+        assert len({(v["process"]["index"], v["process"]["pid"]) for v in before}) == 2
+        assert {v["process"]["of"] for v in before} == {2}
+        set_alias(served, "challenger", fresh)
+        status, body = s.post("/v1/admin/refresh", {})
+        assert status == 200 and body["changes"] == [
+            f"treatment: {served['model']} 2 -> {fresh}"], body
+        after = views()  # the refresh returned: no process answers from version 2 any more
+        assert len({v["process"]["index"] for v in after}) == 2
+        assert {v["arms"]["treatment"]["version"] for v in after} == {fresh}
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(timeout=90) == 0, s.output.read_text()[-3000:]
+    finally:
+        stop.set()
+        loader.join()
+        set_alias(served, "challenger", "2")
+        s.stop()
+    answered = {a["id"] for c in result for status, a in c if status == 200}
+    assert len(answered) > 20
+    logged = {r["request_id"] for r in read_records(tmp_path / "log") if r["kind"] == "exposure"}
+    assert answered <= logged, sorted(answered - logged)[:5]
+    assert len({p.name.split("-")[-2] for p in (tmp_path / "log").rglob("*.jsonl")}) >= 2
+
+
 def test_feedback_lands_in_the_log_next_to_its_exposure(server):
     status, answer = server.recommend("3", k=3, request_id="fb-1")
     assert status == 200

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from hllm.experiment import load_ab_config
 from hllm.online.arms import ArmModels
 from hllm.online.endpoints import ENDPOINTS, ArmEndpoint, RequestError, now
 from hllm.online.exposure import ExposureLog, LogBackpressure
+from hllm.online.processes import Siblings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class ServeOptions:
     grace_seconds: int = 30  # how long SIGTERM waits for requests in flight
     ramp_percent: float | None = None  # the current ramp stage's treatment share
     kserve_route: bool = False  # infer through KServe's generic route (to compare)
+    processes: int = 1  # server processes on one socket (hllm.online.processes)
 
 
 def import_kserve_server():
@@ -65,8 +69,9 @@ def import_kserve_server():
     return model_server
 
 
-def build_app(endpoint: ArmEndpoint, options: ServeOptions):
-    """The uvicorn server with KServe's routes, ours, and readiness tied to the arms."""
+def build_app(endpoint: ArmEndpoint, options: ServeOptions, siblings: Siblings | None = None):
+    """The uvicorn server with KServe's routes, ours, and readiness tied to the arms
+    (of every process, when `siblings` share the socket)."""
     from kserve.model_repository import ModelRepository
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.model_repository_extension import ModelRepositoryExtension
@@ -86,7 +91,8 @@ def build_app(endpoint: ArmEndpoint, options: ServeOptions):
     # port is open, and it logs a traceback for every 503 a probe gets while loading.
     @app.get("/v2/health/ready")
     async def ready() -> JSONResponse:
-        return JSONResponse({"ready": endpoint.ready}, status_code=200 if endpoint.ready else 503)
+        is_ready = endpoint.ready and (siblings is None or siblings.all_loaded())
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     if not options.kserve_route:
         @app.post(f"/v2/models/{endpoint.name}/infer")
@@ -120,17 +126,20 @@ def build_app(endpoint: ArmEndpoint, options: ServeOptions):
     @app.post("/v1/admin/refresh")
     async def refresh() -> JSONResponse:
         try:
-            # Its own thread, not the scoring pool: loading a version takes seconds, and the
-            # requests arriving meanwhile still need both scoring workers.
-            changes = await asyncio.to_thread(endpoint.arms.refresh)
+            if siblings is None:
+                # Its own thread, not the scoring pool: loading a version takes seconds, and
+                # the requests arriving meanwhile still need both scoring workers.
+                changes = await asyncio.to_thread(endpoint.arms.refresh)
+            else:
+                changes = await refresh_every_process(siblings)
         except HLLMError as exc:
             raise RequestError(502, f"registry refresh failed, still serving the loaded "
                                     f"versions: {exc}") from exc
-        return JSONResponse({"changes": changes, **status(endpoint)})
+        return JSONResponse({"changes": changes, **status(endpoint, siblings)})
 
     @app.get("/v1/serving")
     async def serving() -> JSONResponse:
-        return JSONResponse(status(endpoint))
+        return JSONResponse(status(endpoint, siblings))
 
     return rest
 
@@ -182,8 +191,25 @@ def feedback_record(body: Any) -> dict[str, Any]:
             "user": body["user"], "clicked": clicked}
 
 
-def status(endpoint: ArmEndpoint) -> dict[str, Any]:
+async def refresh_every_process(siblings: Siblings, timeout: float = 600) -> list[str]:
+    """Ask every process to refresh; answer once all have (this one's change lines)."""
+    generation = siblings.ask_refresh()
+    deadline = time.monotonic() + timeout
+    while not siblings.refreshed(generation):
+        if time.monotonic() > deadline:
+            raise RequestError(504, f"not every server process refreshed within {timeout:.0f} s")
+        await asyncio.sleep(0.02)
+    outcome = siblings.results.pop(generation, [])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def status(endpoint: ArmEndpoint, siblings: Siblings | None = None) -> dict[str, Any]:
+    """This process's view (counters are per process when several share the socket)."""
     return {"model": endpoint.name, "ready": endpoint.ready,
+            "process": {"pid": os.getpid(), "index": siblings.index if siblings else 0,
+                        "of": siblings.count if siblings else 1},
             "arms": {arm: {"version": m.version, "ref": m.ref}
                      for arm, m in endpoint.arms.current().items()},
             "swaps": endpoint.arms.swaps,
@@ -218,17 +244,49 @@ def check_port(host: str, port: int) -> None:
 def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | None = None,
           data: str | None = None, options: ServeOptions = ServeOptions()) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Errors before serving raise HLLMError."""
-    import faiss  # heavy imports, needed only once serving starts
-    import torch
-
     cfg = load_ab_config(ab_config)
     tracking.registry_uri()  # a dead registry: one line now, not at the first request
     if cfg.gate.task not in ENDPOINTS:
         raise ConfigError(f"{ab_config}: gate.task {cfg.gate.task!r} has no serving endpoint")
+    if ENDPOINTS[cfg.gate.task] is ENDPOINTS["ranking"] and feature_repo is None and data is None:
+        history_source(feature_repo, data)  # raises: one line naming the missing option
+    if options.processes < 1:
+        raise ConfigError(f"--processes {options.processes}: at least 1")
+    if options.processes > 1:
+        from hllm.online.processes import supervise
+
+        return supervise(serve_child, (str(ab_config), exposure_log, feature_repo, data, options),
+                         options.processes, options.host, options.port)
+    check_port(options.host, options.port)
+    return serve_process(ab_config, exposure_log, feature_repo, data, options)
+
+
+def serve_child(ab_config: str, exposure_log: str, feature_repo: str | Path | None,
+                data: str | None, options: ServeOptions, sock: socket.socket,
+                siblings: Siblings) -> None:
+    """One of `--processes` (a fresh interpreter): log as the CLI does, exit with a code."""
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s %(levelname)s [{siblings.index}] %(name)s: %(message)s")
+    try:
+        code = serve_process(ab_config, exposure_log, feature_repo, data, options, sock, siblings)
+    except HLLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+def serve_process(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | None,
+                  data: str | None, options: ServeOptions, sock: socket.socket | None = None,
+                  siblings: Siblings | None = None) -> int:
+    """One server process: its arms, exposure-log writer and uvicorn loop (on `sock`, when
+    the parent opened it for several processes)."""
+    import faiss  # heavy imports, needed only once serving starts
+    import torch
+
+    cfg = load_ab_config(ab_config)
     kwargs: dict[str, Any] = {}
     if ENDPOINTS[cfg.gate.task] is ENDPOINTS["ranking"]:
         kwargs["history"] = history_source(feature_repo, data)
-    check_port(options.host, options.port)
     # One line per request at 100s of requests a second is noise; errors still show.
     for name in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -238,7 +296,7 @@ def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | N
     endpoint = ENDPOINTS[cfg.gate.task](cfg.model, ArmModels(cfg), exposures,
                                         workers=options.workers,
                                         ramp_percent=options.ramp_percent, **kwargs)
-    rest = build_app(endpoint, options)
+    rest = build_app(endpoint, options, siblings)
     stop_polling = threading.Event()
     failure: list[BaseException] = []
 
@@ -250,6 +308,9 @@ def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | N
             rest._server.should_exit = True
             return
         log.info("ready: %s", {a: m.version for a, m in endpoint.arms.current().items()})
+        if siblings is not None:
+            siblings.loaded[siblings.index] = 1
+            siblings.watch(endpoint.arms.refresh, stop_polling)
         if options.poll_seconds > 0:
             endpoint.arms.poll(options.poll_seconds, stop_polling)
 
@@ -262,7 +323,11 @@ def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | N
     log.info("serving %s on http://%s:%d (exposure log %s)", cfg.model, options.host,
              options.port, exposures.root)
     try:
-        asyncio.run(rest.start())
+        if sock is None:
+            asyncio.run(rest.start())
+        else:
+            rest.create_application()
+            asyncio.run(rest._server.serve(sockets=[sock]))
     finally:
         stop_polling.set()
         endpoint.stop()
