@@ -56,6 +56,30 @@ def test_a_refresh_asked_once_is_done_by_every_process():
         stop.set()
 
 
+def test_processes_refresh_one_after_another():
+    shared = Siblings.create(3, multiprocessing.get_context("spawn"))
+    stop = threading.Event()
+    spans: dict[int, tuple[float, float]] = {}
+
+    def refresher(index: int):
+        def refresh() -> list[str]:
+            start = time.monotonic()
+            time.sleep(0.2)  # a load that takes a while
+            spans[index] = (start, time.monotonic())
+            return []
+        return refresh
+
+    for index in (2, 0, 1):  # started out of order on purpose
+        shared.at(index).watch(refresher(index), stop)
+    try:
+        assert wait_for(lambda: shared.refreshed(0))
+        generation = shared.ask_refresh()
+        assert wait_for(lambda: shared.refreshed(generation))
+        assert spans[0][1] <= spans[1][0] and spans[1][1] <= spans[2][0], spans
+    finally:
+        stop.set()
+
+
 def test_a_failed_refresh_is_kept_for_the_process_that_asked():
     shared = Siblings.create(1, multiprocessing.get_context("spawn"))
     stop = threading.Event()

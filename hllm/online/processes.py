@@ -10,8 +10,8 @@ cores, and for the 2-core machine the load bench runs on.
 What a single process did alone, the processes now agree on through shared memory:
 - readiness is true only once every process has loaded its arms;
 - POST /v1/admin/refresh (answered by one process) raises a shared generation that every
-  process's watcher thread acts on, and returns once all of them have refreshed, so no
-  process answers from the old version after the call returns;
+  process's watcher thread acts on, one process after another, and returns once all of
+  them have refreshed, so no process answers from the old version after the call returns;
 - SIGTERM to the parent reaches every process; each finishes its requests in flight and
   writes its exposure-log records (its own partition files) before it exits.
 """
@@ -30,6 +30,7 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.05  # how often a process looks for a refresh another one asked for
+TURN_SECONDS = 120.0  # the longest a process waits for the ones before it to refresh
 
 
 @dataclass
@@ -67,8 +68,14 @@ class Siblings:
     def refreshed(self, generation: int) -> bool:
         return min(self.done[:]) >= generation
 
-    def watch(self, refresh: Callable[[], Any], stop: threading.Event) -> threading.Thread:
-        """Refresh this process whenever another one raised the generation."""
+    def watch(self, refresh: Callable[[], Any], stop: threading.Event,
+              turn_seconds: float = TURN_SECONDS) -> threading.Thread:
+        """Refresh this process whenever another one raised the generation.
+
+        One process at a time, in index order (each waits for the ones before it, at most
+        `turn_seconds`): loading a version takes the CPU for seconds, and processes loading
+        at once would leave no core for the requests that all of them go on answering.
+        """
         def loop() -> None:
             seen = self.generation.value
             self.done[self.index] = seen
@@ -76,6 +83,10 @@ class Siblings:
                 wanted = self.generation.value
                 if wanted == seen:
                     continue
+                turn = time.monotonic() + turn_seconds
+                while (min(self.done[:self.index], default=wanted) < wanted
+                       and time.monotonic() < turn and not stop.wait(WATCH_SECONDS)):
+                    pass
                 try:
                     self.results[wanted] = refresh()
                 except Exception as exc:  # noqa: BLE001 - keeps serving what it has
