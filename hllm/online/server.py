@@ -42,7 +42,7 @@ from hllm.experiment import load_ab_config
 from hllm.online.arms import ArmModels
 from hllm.online.endpoints import ENDPOINTS, ArmEndpoint, RequestError, now
 from hllm.online.exposure import ExposureLog, LogBackpressure
-from hllm.online.processes import Siblings
+from hllm.online.processes import Siblings, listening_socket, supervise
 
 log = logging.getLogger(__name__)
 
@@ -233,12 +233,7 @@ def history_source(feature_repo: str | Path | None, data: str | None):
 
 def check_port(host: str, port: int) -> None:
     """One line now rather than uvicorn's exit after the models have loaded."""
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
-                              "--port or stop what holds it") from None
+    listening_socket(host, port).close()
 
 
 def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | None = None,
@@ -253,8 +248,6 @@ def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | N
     if options.processes < 1:
         raise ConfigError(f"--processes {options.processes}: at least 1")
     if options.processes > 1:
-        from hllm.online.processes import supervise
-
         return supervise(serve_child, (str(ab_config), exposure_log, feature_repo, data, options),
                          options.processes, options.host, options.port)
     check_port(options.host, options.port)
