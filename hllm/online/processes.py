@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from hllm.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.05  # how often a process looks for a refresh another one asked for
@@ -103,8 +105,6 @@ class Siblings:
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """The socket every process accepts from (opened once, here, before they start)."""
-    from hllm.errors import ConfigError
-
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted connections inherit it (Linux). Without it a response's header and body
