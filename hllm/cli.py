@@ -69,7 +69,7 @@ def cmd_register(args: argparse.Namespace) -> int:
                       onnx=False if args.no_onnx else None, onnx_dir=args.onnx_dir,
                       pipeline_run_id=args.pipeline_run_id, validation=args.validation,
                       feature_repo=args.feature_repo, tracking_uri=args.tracking_uri,
-                      exact_max_items=args.exact_max_items)
+                      exact_max_items=args.exact_max_items, user_tower=args.user_tower)
     for version in result.versions:
         print(f"registered {version.name} version {version.version} (alias challenger)")
     return 0
@@ -435,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-max-items", type=int, default=100_000, metavar="N",
                    help="score every item up to N items (default 100000); a larger catalog "
                         "ships an HNSW index and is served from it (0: always the index)")
+    p.add_argument("--user-tower", choices=("onnx", "eager"), default="onnx",
+                   help="onnx (default): ship the user tower as an ONNX graph, checked against "
+                        "PyTorch, that `hllm serve` runs; eager: serve it through PyTorch")
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("evaluate", help="re-score a run's best weights (full ranking)")

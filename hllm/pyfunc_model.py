@@ -8,7 +8,10 @@ Serving needs only the user tower and the item vectors, so the model carries
   * items.json: the raw item id of each table row,
   * tower.json: which model, its user tower's transformer config, max history,
   * catalog.faiss, only for catalogs over `exact_max_items` items: an HNSW index over
-    the normalised item vectors (hllm.catalog_index).
+    the normalised item vectors (hllm.catalog_index),
+  * user_tower.onnx, unless registered with `--user-tower eager`: the user tower as an
+    ONNX graph (hllm.user_tower_onnx), checked against the eager tower at export. It is
+    used when onnxruntime is installed; without it the eager tower answers.
 Scoring follows hllm.evaluate step by step (right-padded histories of the last
 `max_history` items, batches of `eval_batch_size`, cosine scores, item 0 and the
 history masked), so a batch of test histories reproduces the run's ranks exactly.
@@ -20,6 +23,7 @@ tests/test_catalog_index.py measure), with cosines as scores.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,10 @@ import mlflow.pyfunc
 import pandas as pd
 
 from hllm.catalog_index import EXACT_MAX_ITEMS, INDEX_FILE
+from hllm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+USER_TOWER_FILE = "user_tower.onnx"  # the user tower as ONNX (hllm.user_tower_onnx)
 
 DEFAULT_K = 10
 
@@ -48,14 +56,15 @@ def signature():
 
 
 def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
-                    item_raw_ids: list[str], exact_max_items: int = EXACT_MAX_ITEMS
-                    ) -> dict[str, str]:
+                    item_raw_ids: list[str], exact_max_items: int = EXACT_MAX_ITEMS,
+                    user_tower: str = "onnx") -> dict[str, str]:
     """Files the pyfunc needs, written under `out`; returns MLflow's artifacts mapping.
 
-    Catalogs of more than `exact_max_items` items also get catalog.faiss.
+    Catalogs of more than `exact_max_items` items also get catalog.faiss; user_tower
+    "onnx" adds user_tower.onnx ("eager": serve the tower through PyTorch only).
     """
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     from hllm.catalog_index import write_catalog_index
     from hllm.models.hllm import HLLM
@@ -72,10 +81,23 @@ def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
                              "batch_size": cfg.train.eval_batch_size}
     if isinstance(model, HLLM):
         tower["user_llm_config"] = model.user_llm.backbone.config.to_dict()
-    (out / "tower.json").write_text(json.dumps(tower, indent=2, default=str))
+    tower_json = json.dumps(tower, indent=2, default=str)
+    (out / "tower.json").write_text(tower_json)
     names = ["config.yaml", "model.safetensors", "item_table.safetensors", "items.json", "tower.json"]
     if write_catalog_index(table.detach().float().cpu().numpy(), out, exact_max_items) is not None:
         names.append(INDEX_FILE)
+    if user_tower == "onnx":
+        from hllm import user_tower_onnx
+
+        weights = load_file(str(out / "model.safetensors"))
+        module, user_states = _user_tower(tower, cfg, weights, len(item_raw_ids) - 1)
+        user_tower_onnx.cached_export(
+            user_tower_onnx.LastState(module, user_states), table.detach().float().cpu(),
+            cfg.data.max_history, user_tower_onnx.cache_key(out / "model.safetensors", tower_json),
+            out / USER_TOWER_FILE)
+        names.append(USER_TOWER_FILE)
+    elif user_tower != "eager":
+        raise ConfigError(f"user_tower must be onnx or eager, got {user_tower!r}")
     return {name: str(out / name) for name in names}
 
 
@@ -103,6 +125,18 @@ def _user_tower(tower: dict[str, Any], cfg, weights: dict, num_items: int):
     user_llm.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     user_llm.to(torch.float32)
     return user_llm.eval(), user_llm
+
+
+def _onnx_tower(path: Path):
+    """The shipped ONNX user tower, or None (with a warning) where onnxruntime is missing."""
+    try:
+        import onnxruntime  # noqa: F401 - optional at serving time: the eager tower answers
+    except ImportError:
+        log.warning("%s: onnxruntime is not installed; serving the eager user tower", path.name)
+        return None
+    from hllm.user_tower_onnx import OnnxUserTower
+
+    return OnnxUserTower(path)
 
 
 class HLLMRecommender(mlflow.pyfunc.PythonModel):
@@ -141,29 +175,42 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
                                                     len(self.item_ids) - 1)
         self.max_history = int(self.tower_info["max_history"])
         self.batch_size = int(self.tower_info["batch_size"])
+        self.onnx_tower = None
+        self.table_np = self.table.float().numpy()
+        if USER_TOWER_FILE in art:
+            self.onnx_tower = _onnx_tower(Path(art[USER_TOWER_FILE]))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
-        import torch
-
         params = params or {}
         default_k = int(params.get("k", DEFAULT_K))
-        exclude = bool(params.get("exclude_history", True))
         frame = pd.DataFrame(model_input)
         if "history" not in frame.columns:
             raise ValueError("input needs a `history` column: lists of raw item ids")
-        ks = (frame["k"] if "k" in frame.columns else pd.Series([None] * len(frame)))
-        hists = [[self.index[str(i)] for i in list(h) if str(i) in self.index]
-                 for h in frame["history"]]  # unknown (cold-start) ids cannot be scored
-        result_ids: list[list[str]] = [[] for _ in hists]
-        result_scores: list[list[float]] = [[] for _ in hists]
+        ks = ([default_k if pd.isna(k) else int(k) for k in frame["k"]] if "k" in frame.columns
+              else [default_k] * len(frame))
+        answers = self.recommend([list(h) for h in frame["history"]], ks,
+                                 bool(params.get("exclude_history", True)))
+        return pd.DataFrame({"item_ids": [a[0] for a in answers],
+                             "scores": [a[1] for a in answers]})
+
+    def recommend(self, histories: list[list[str]], ks: list[int], exclude: bool = True
+                  ) -> list[tuple[list[str], list[float]]]:
+        """(item ids, scores) per history: what `predict` returns, without pandas on the way.
+
+        The server calls this directly; a DataFrame in and out costs about 1 ms a call.
+        """
+        import torch
+
+        hists = [[self.index[str(i)] for i in h if str(i) in self.index]
+                 for h in histories]  # unknown (cold-start) ids cannot be scored
+        answers: list[tuple[list[str], list[float]]] = [([], []) for _ in hists]
         rows = [r for r, h in enumerate(hists) if h]
         with torch.no_grad():
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start: start + self.batch_size]
                 user_vec = self._user_vectors([hists[r][-self.max_history:] for r in chunk])
                 if self.catalog is not None:
-                    self._from_index(user_vec, chunk, hists, ks, default_k, exclude,
-                                     result_ids, result_scores)
+                    self._from_index(user_vec, chunk, hists, ks, exclude, answers)
                     continue
                 scores = user_vec @ self.items.T  # (B, N+1) cosines, as hllm.evaluate
                 scores[:, 0] = -torch.inf
@@ -171,48 +218,66 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
                     row = scores[b]
                     if exclude:
                         row[torch.as_tensor(hists[r], dtype=torch.long)] = -torch.inf
-                    k = default_k if pd.isna(ks.iloc[r]) else int(ks.iloc[r])
-                    k = min(max(k, 0), int(torch.isfinite(row).sum()))
+                    k = min(max(ks[r], 0), len(self.item_ids) - 1 - (
+                        len(set(hists[r])) if exclude else 0))
                     top = torch.topk(row, k)
-                    result_ids[r] = [self.item_ids[i] for i in top.indices.tolist()]
-                    result_scores[r] = [float(v) for v in top.values.tolist()]
-        return pd.DataFrame({"item_ids": result_ids, "scores": result_scores})
+                    answers[r] = ([self.item_ids[i] for i in top.indices.tolist()],
+                                  top.values.tolist())
+        return answers
 
-    def _from_index(self, user_vec, chunk: list[int], hists: list[list[int]], ks: pd.Series,
-                    default_k: int, exclude: bool, result_ids: list, result_scores: list) -> None:
+    def _from_index(self, user_vec, chunk: list[int], hists: list[list[int]], ks: list[int],
+                    exclude: bool, answers: list) -> None:
         """Approximate top-k for the rows in `chunk` from catalog.faiss (padding never returned)."""
         from hllm.catalog_index import search
 
-        row_ks = [default_k if pd.isna(ks.iloc[r]) else int(ks.iloc[r]) for r in chunk]
         skip = [hists[r] if exclude else [] for r in chunk]
-        found = search(self.catalog, user_vec.numpy(), row_ks, skip)
+        found = search(self.catalog, user_vec.numpy(), [ks[r] for r in chunk], skip)
         for r, (ids, scores) in zip(chunk, found):
-            result_ids[r] = [self.item_ids[i] for i in ids]
-            result_scores[r] = scores
+            answers[r] = ([self.item_ids[i] for i in ids], scores)
 
-    def _user_vectors(self, hists: list[list[int]]):
-        """(B, D) normalised user vectors, computed exactly as hllm.evaluate.user_ranks does."""
+    def _user_vectors(self, hists: list[list[int]], eager: bool = False):
+        """(B, D) normalised user vectors, computed exactly as hllm.evaluate.user_ranks does:
+        by the ONNX graph when the version ships one (unless `eager`), else by PyTorch."""
+        import numpy as np
         import torch
         import torch.nn.functional as F
 
         width = max(len(h) for h in hists)
-        ids = torch.zeros(len(hists), width, dtype=torch.long)
+        ids = np.zeros((len(hists), width), dtype=np.int64)
         for b, h in enumerate(hists):
-            ids[b, : len(h)] = torch.tensor(h)
-        mask = ids > 0
-        states = self.user_states(self.table[ids], mask)
+            ids[b, : len(h)] = h
+        if self.onnx_tower is not None and not eager:
+            return torch.from_numpy(self.onnx_tower(self.table_np[ids], ids > 0))
+        ids_t = torch.from_numpy(ids)
+        mask = ids_t > 0
+        with torch.no_grad():
+            states = self.user_states(self.table[ids_t], mask)
         last = mask.sum(1) - 1
         return F.normalize(states[torch.arange(len(hists)), last].float(), dim=-1)
 
 
-def pip_requirements(catalog_index: bool = False) -> list[str]:
+def pip_requirements(catalog_index: bool = False, user_tower_onnx: bool = False) -> list[str]:
     """Pinned to what trained the model; hllm itself travels as code_paths.
 
-    catalog_index: the version ships catalog.faiss, so serving needs faiss-cpu too.
+    catalog_index: the version ships catalog.faiss, so serving needs faiss-cpu too;
+    user_tower_onnx: it ships user_tower.onnx, served by onnxruntime.
     """
     from importlib.metadata import version
 
     pins = ["torch", "transformers", "safetensors", "numpy", "pandas", "pyyaml", "mlflow"]
     if catalog_index:
         pins.append("faiss-cpu")
+    if user_tower_onnx:
+        pins.append(onnx_runtime_dist())
     return [f"{name}=={version(name)}" for name in pins]
+
+
+def onnx_runtime_dist() -> str:
+    """The onnxruntime build installed here, GPU or CPU (both run on CPU), for pins."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("onnxruntime-gpu")
+        return "onnxruntime-gpu"
+    except PackageNotFoundError:
+        return "onnxruntime"

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 ALIAS = "challenger"
 REQUIRED_METRICS = ("recall@10", "ndcg@10", "split_sha256")
 ONNX_FILE = "item_llm.onnx"
+USER_TOWERS = ("onnx", "eager")
 
 
 class RegistryError(HLLMError):
@@ -129,8 +130,9 @@ def _validation_path(run_dir: Path, validation: str | Path | None) -> Path | Non
 
 
 def rebuild_model_dir(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], out: Path,
-                      exact_max_items: int = EXACT_MAX_ITEMS):
-    """Rebuild the run's model on CPU, check the split is the evaluated one, write artifacts."""
+                      exact_max_items: int = EXACT_MAX_ITEMS, user_tower: str = "onnx"):
+    """Rebuild the run's model on CPU, check the split is the evaluated one, write artifacts
+    (user_tower: "onnx" ships the user tower as an ONNX graph too, "eager" does not)."""
     import torch
 
     from hllm.config import config_from_dict
@@ -154,13 +156,16 @@ def rebuild_model_dir(run_dir: Path, config: dict[str, Any], metrics: dict[str, 
         load_or_compute_item_cache(model, cfg, torch.device("cpu"), Dist(), progress=False)
     load_weights(model, run_dir / "best" / "model.safetensors")
     return write_artifacts(run_dir, out, model, cfg, run["model"], split.item_raw_ids,
-                           exact_max_items)
+                           exact_max_items, user_tower)
 
 
 def prepare(run_dir: Path, workdir: Path, *, onnx: bool | None, onnx_dir: str | Path | None,
             pipeline_run_id: str | None, validation: str | Path | None,
-            feature_repo: str | Path | None, exact_max_items: int = EXACT_MAX_ITEMS) -> _Prepared:
+            feature_repo: str | Path | None, exact_max_items: int = EXACT_MAX_ITEMS,
+            user_tower: str = "onnx") -> _Prepared:
     """Everything that can fail on bad input, done before the registry is touched."""
+    if user_tower not in USER_TOWERS:
+        raise ConfigError(f"user_tower must be one of {', '.join(USER_TOWERS)}, got {user_tower!r}")
     if exact_max_items < 0:
         raise ConfigError(f"exact_max_items is {exact_max_items}; pass a number of items >= 0 "
                           "(0: always ship the index)")
@@ -171,7 +176,7 @@ def prepare(run_dir: Path, workdir: Path, *, onnx: bool | None, onnx_dir: str | 
     features = lineage.feature_view_versions(Path(feature_repo)) if feature_repo else None
     onnx_path = resolve_onnx(run_dir, model_name, onnx, onnx_dir)
     artifacts = rebuild_model_dir(run_dir, config, metrics, workdir / "recommender",
-                                  exact_max_items)
+                                  exact_max_items, user_tower)
     prepared = _Prepared(run_dir, config, metrics, model_name, dataset, artifacts, onnx_path)
     prepared.tags = lineage.lineage_tags(
         data_hash=lineage.data_sha256(dataset), split_hash=metrics["split_sha256"],
@@ -216,23 +221,27 @@ def code_dir(workdir: Path) -> Path:
 def _log_recommender(prep: _Prepared, workdir: Path):
     import mlflow
 
-    from hllm.pyfunc_model import HLLMRecommender, pip_requirements, signature
+    from hllm.pyfunc_model import USER_TOWER_FILE, HLLMRecommender, pip_requirements, signature
 
     indexed = INDEX_FILE in prep.artifacts
+    onnx_tower = USER_TOWER_FILE in prep.artifacts
     with warnings.catch_warnings():  # the signature is explicit; an example adds a model load
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         return mlflow.pyfunc.log_model(
             name="recommender", python_model=HLLMRecommender(), artifacts=prep.artifacts,
             signature=signature(), code_paths=[str(code_dir(workdir))],
-            pip_requirements=pip_requirements(catalog_index=indexed),
+            pip_requirements=pip_requirements(catalog_index=indexed, user_tower_onnx=onnx_tower),
             metadata={"hllm_run_dir": str(prep.run_dir.resolve()),
-                      "hllm_scoring": "hnsw-index" if indexed else "exact"})
+                      "hllm_scoring": "hnsw-index" if indexed else "exact",
+                      "hllm_user_tower": "onnx" if onnx_tower else "eager"})
 
 
 def _log_onnx(onnx_dir: Path):
     import mlflow.onnx
     import onnx
     from importlib.metadata import version
+
+    from hllm.pyfunc_model import onnx_runtime_dist
 
     model_path = onnx_dir / ONNX_FILE
     proto = onnx.load(str(model_path), load_external_data=False)
@@ -244,20 +253,10 @@ def _log_onnx(onnx_dir: Path):
     meta: dict[str, Any] = {}
     if (onnx_dir / "export.json").is_file():
         meta["export"] = json.loads((onnx_dir / "export.json").read_text())
-    runtime = "onnxruntime-gpu" if _installed("onnxruntime-gpu") else "onnxruntime"
+    runtime = onnx_runtime_dist()
     return mlflow.onnx.log_model(
         proto, name="item_llm_onnx", extra_files=extras or None, metadata=meta or None,
         pip_requirements=[f"onnx=={version('onnx')}", f"{runtime}=={version(runtime)}"])
-
-
-def _installed(dist: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(dist)
-        return True
-    except PackageNotFoundError:
-        return False
 
 
 class Rollback:
@@ -364,10 +363,12 @@ def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-ite
              pipeline_run_id: str | None = None, validation: str | Path | None = None,
              feature_repo: str | Path | None = None, tracking_uri: str | None = None,
              experiment: str | None = None,
-             exact_max_items: int = EXACT_MAX_ITEMS) -> Registration:
+             exact_max_items: int = EXACT_MAX_ITEMS, user_tower: str = "onnx") -> Registration:
     """Register the run's recommender (and its ONNX Item LLM) with alias `challenger`.
 
     exact_max_items: catalogs larger than this ship an HNSW index and are served from it.
+    user_tower: "onnx" ships the user tower as an ONNX graph the server runs (about 10 s
+    to export, once per weights); "eager": serve it through PyTorch.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -381,7 +382,8 @@ def register(run_dir: str | Path, name: str = "hllm", onnx_name: str = "hllm-ite
         workdir = Path(tmp)
         prep = prepare(run_dir, workdir, onnx=onnx, onnx_dir=onnx_dir,
                        pipeline_run_id=pipeline_run_id, validation=validation,
-                       feature_repo=feature_repo, exact_max_items=exact_max_items)
+                       feature_repo=feature_repo, exact_max_items=exact_max_items,
+                       user_tower=user_tower)
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
         with Rollback(client, f"{run_dir}: registering in MLflow at {uri}") as rollback:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -145,3 +146,31 @@ def mlflow_env(mlflow_server_url, s3_env, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return mlflow_server_url
+
+
+def untrained_run(base: Path, model: str = "sasrec", n_users: int = 200,
+                  n_items: int = 3_000) -> tuple[Path, int]:
+    """A run directory as `hllm train` leaves it, for an untrained cpu-tiny `model` (no
+    training: seconds). Returns it and its catalog size (200 users over 3,000 titles
+    touch about 1,800 of them)."""
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    from hllm.config import load_config
+    from hllm.train import build_model, load_split
+
+    data = write_recbole(base / "toy", *synthetic_rows(n_users=n_users, n_items=n_items))
+    cfg = load_config("cpu-tiny")
+    split = load_split(str(data), cfg)
+    torch.manual_seed(cfg.train.seed)
+    built = build_model(cfg, model, split)
+    run = base / f"run-{model}"
+    (run / "best").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in built.state_dict().items()},
+              str(run / "best" / "model.safetensors"))
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"run": {"model": model, "dataset": str(data)}, **cfg.to_dict()}, sort_keys=False))
+    (run / "metrics.json").write_text(json.dumps(
+        {"recall@10": 0.0, "ndcg@10": 0.0, "split_sha256": split.fingerprint()}))
+    return run, split.num_items

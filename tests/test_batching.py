@@ -7,7 +7,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import pandas as pd
 import pytest
 
 from hllm.online.batching import MicroBatcher
@@ -21,14 +20,13 @@ class EchoPredictor:
         self.delay, self.fail = delay, fail
         self.lock = threading.Lock()
 
-    def predict(self, context, frame: pd.DataFrame, params=None) -> pd.DataFrame:
+    def recommend(self, histories: list[list[str]], ks: list[int]) -> list[tuple[list, list]]:
         with self.lock:
-            self.calls.append(len(frame))
+            self.calls.append(len(histories))
         time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("model crashed")
-        return pd.DataFrame({"item_ids": [list(reversed(h))[:k] for h, k in zip(frame["history"], frame["k"])],
-                             "scores": [[1.0] * min(len(h), k) for h, k in zip(frame["history"], frame["k"])]})
+        return [(list(reversed(h))[:k], [1.0] * min(len(h), k)) for h, k in zip(histories, ks)]
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import synthetic_rows, write_recbole
+from conftest import untrained_run
 from hllm.catalog_index import (EXACT_MAX_ITEMS, INDEX_FILE, IndexParams, build_index,
                                 load_index, save_index, search)
 from hllm.errors import ConfigError, DataError
@@ -99,34 +99,6 @@ def test_save_load_round_trip_and_a_file_for_another_table(tmp_path):
         search(loaded, np.zeros((1, 16), np.float32), [10], [()])
 
 
-def untrained_sasrec_run(base: Path) -> tuple[Path, int]:
-    """A run directory as `hllm train` leaves it, for an untrained SASRec (no training: seconds).
-
-    Returns it and its catalog size: 200 users over 3,000 titles touch about 1,800 of them.
-    """
-    import torch
-    import yaml
-    from safetensors.torch import save_file
-
-    from hllm.config import load_config
-    from hllm.train import build_model, load_split
-
-    data = write_recbole(base / "toy", *synthetic_rows(n_users=200, n_items=3_000))
-    cfg = load_config("cpu-tiny")
-    split = load_split(str(data), cfg)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, "sasrec", split)
-    run = base / "run"
-    (run / "best").mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(run / "best" / "model.safetensors"))
-    (run / "config.yaml").write_text(yaml.safe_dump(
-        {"run": {"model": "sasrec", "dataset": str(data)}, **cfg.to_dict()}, sort_keys=False))
-    (run / "metrics.json").write_text(json.dumps(
-        {"recall@10": 0.0, "ndcg@10": 0.0, "split_sha256": split.fingerprint()}))
-    return run, split.num_items
-
-
 def test_index_ships_only_above_the_threshold_and_agrees_with_exact(tmp_path, monkeypatch):
     import mlflow
 
@@ -134,11 +106,12 @@ def test_index_ships_only_above_the_threshold_and_agrees_with_exact(tmp_path, mo
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run, num_items = untrained_sasrec_run(tmp_path)
+    run, num_items = untrained_run(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # artifacts: ./mlruns under tmp_path
-    exact = register(run, "catalog", onnx=False, tracking_uri=uri)  # ~1,800 items: far below
-    at = register(run, "catalog", onnx=False, tracking_uri=uri, exact_max_items=num_items)
-    above = register(run, "catalog", onnx=False, tracking_uri=uri, exact_max_items=num_items - 1)
+    kw = {"onnx": False, "tracking_uri": uri, "user_tower": "eager"}  # the index is the subject
+    exact = register(run, "catalog", **kw)  # ~1,800 items: far below
+    at = register(run, "catalog", exact_max_items=num_items, **kw)
+    above = register(run, "catalog", exact_max_items=num_items - 1, **kw)
     models = {}
     for label, reg in (("exact", exact), ("at", at), ("above", above)):
         version = reg.versions[0].version

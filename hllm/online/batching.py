@@ -21,8 +21,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
 _STOP = object()
 
 
@@ -81,17 +79,16 @@ class MicroBatcher:
 
     def _score(self, jobs: list[_Job]) -> None:
         model = jobs[0].model
-        frame = pd.DataFrame({"history": [j.history for j in jobs], "k": [j.k for j in jobs]})
         try:
-            out = model.predictor.predict(None, frame, {"k": max(j.k for j in jobs)})
+            answers = model.predictor.recommend([j.history for j in jobs], [j.k for j in jobs])
         except Exception as exc:  # noqa: BLE001 - each waiting request gets the failure
             for job in jobs:
                 job.future.set_exception(exc)
             return
         self.batches += 1
         self.requests += len(jobs)
-        for job, items, scores in zip(jobs, out["item_ids"], out["scores"]):
-            job.future.set_result((list(items), [float(s) for s in scores]))
+        for job, answer in zip(jobs, answers):
+            job.future.set_result(answer)
 
 
 def _by_model(jobs: list[_Job]) -> list[list[_Job]]:
