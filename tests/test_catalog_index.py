@@ -10,7 +10,6 @@ and one item above it, and compares the exact and the indexed pyfunc's answers.
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
