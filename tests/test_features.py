@@ -52,6 +52,20 @@ def test_apply_materialize_and_online_lookup(tmp_path):
     assert got["text"][1] == "title: Movie 2 genre: Drama"
 
 
+def test_the_servers_history_read_agrees_with_get_online_features(tmp_path):
+    """hllm serve reads histories through the online store's online_read; Feast's public
+    call must see the same rows, and an unknown user is an empty history in both."""
+    from hllm.serving import OnlineHistory
+
+    repo = build(tmp_path).repo
+    feast_rows = FeatureStore(repo_path=str(repo)).get_online_features(
+        features=["user_history:item_ids"],
+        entity_rows=[{"user_id": u} for u in ("1", "2", "404")]).to_dict()["item_ids"]
+    history = OnlineHistory(repo)
+    assert [history(u) for u in ("1", "2", "404")] == [r or [] for r in feast_rows]
+    assert history("1") == ["1", "2", "3"] and history("404") == []
+
+
 def test_online_histories_equal_what_feast_materialize_writes(tmp_path):
     """The build writes each user's newest history row itself (materializing it through
     dask costs 20 s on ml-100k); Feast's own materialize must leave the same online rows."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -126,15 +125,15 @@ class ArmEndpoint(Model):
 class RecommendEndpoint(ArmEndpoint):
     """Top-k items per user from the arm's ranking model and the user's online history.
 
-    Histories are read on the endpoint's pool (the online store); scoring goes through a
+    Histories are read on the event loop: a local online-store read (0.1 ms on SQLite)
+    costs less than handing it to a thread and back under load. Scoring goes through a
     MicroBatcher, so concurrent requests for one model version share one model call.
     """
 
     def __init__(self, name: str, arms: ArmModels, log: ExposureLog,
                  history: Callable[[str], list[str]], workers: int = 2, **kwargs: Any) -> None:
         super().__init__(name, arms, log, workers=workers, **kwargs)
-        self.history = history
-        self._history_lock = threading.Lock()  # Feast's SQLite store is one connection
+        self.history = history  # called on the event loop only: one connection is enough
         self.batcher = MicroBatcher(workers=workers, name=f"{name}-score")
 
     def stop(self) -> None:
@@ -151,7 +150,7 @@ class RecommendEndpoint(ArmEndpoint):
         started = time.perf_counter()
         snapshot = self._check_ready()
         request_id = payload.id or str(uuid.uuid4())
-        histories = await self.run(lambda: [self._history(u) for u in users])
+        histories = [self._history(u) for u in users]
         routes = [self.route(u) for u in users]
         futures = [self.batcher.submit(snapshot[a.serve], h, k) for a, h in zip(routes, histories)]
         answers = []
@@ -189,8 +188,7 @@ class RecommendEndpoint(ArmEndpoint):
                              model_version=versions[0] if len(versions) == 1 else None)
 
     def _history(self, user: str) -> list[str]:
-        with self._history_lock:
-            history = self.history(user)
+        history = self.history(user)
         if not history:  # the user's data, not the arm's model: not an arm error
             raise RequestError(404, f"user {user!r} has no history in the online store; "
                                     "nothing to personalise from")
