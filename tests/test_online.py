@@ -74,7 +74,9 @@ def served(tmp_path_factory, mlflow_server_url, s3_endpoint):
     run2 = base / "run2"
     setup("train", "--preset", "cpu-tiny", "--data", str(data), "--out", str(run2),
           "--set", "train.epochs=1", "--set", "train.seed=7")
-    setup("register", "--run", str(run2), "--name", model, "--no-onnx")
+    # Its user tower is served through PyTorch, the champion's through ONNX Runtime: both
+    # paths answer over HTTP in every test below.
+    setup("register", "--run", str(run2), "--name", model, "--no-onnx", "--user-tower", "eager")
     setup("features", "build", "--data", str(data), "--run", str(base / "features"))
     return {"data": data, "ab": ab, "env": env, "features": base / "features", "hllm": hllm,
             "model": model, "uri": mlflow_server_url}
