@@ -32,7 +32,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from hllm.catalog_index import EXACT_MAX_ITEMS, INDEX_FILE
-from hllm.errors import ConfigError
+from hllm.errors import ConfigError, HLLMError
 
 log = logging.getLogger(__name__)
 USER_TOWER_FILE = "user_tower.onnx"  # the user tower as ONNX (hllm.user_tower_onnx)
@@ -61,7 +61,9 @@ def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
     """Files the pyfunc needs, written under `out`; returns MLflow's artifacts mapping.
 
     Catalogs of more than `exact_max_items` items also get catalog.faiss; user_tower
-    "onnx" adds user_tower.onnx ("eager": serve the tower through PyTorch only).
+    "onnx" adds user_tower.onnx ("eager": serve the tower through PyTorch only). A tower
+    that does not export, or whose graph does not match PyTorch, is registered without
+    the graph, with a warning: an optimisation failing must not block a release.
     """
     import torch
     from safetensors.torch import load_file, save_file
@@ -91,11 +93,16 @@ def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
 
         weights = load_file(str(out / "model.safetensors"))
         module, user_states = _user_tower(tower, cfg, weights, len(item_raw_ids) - 1)
-        user_tower_onnx.cached_export(
-            user_tower_onnx.LastState(module, user_states), table.detach().float().cpu(),
-            cfg.data.max_history, user_tower_onnx.cache_key(out / "model.safetensors", tower_json),
-            out / USER_TOWER_FILE)
-        names.append(USER_TOWER_FILE)
+        try:
+            user_tower_onnx.cached_export(
+                user_tower_onnx.LastState(module, user_states), table.detach().float().cpu(),
+                cfg.data.max_history,
+                user_tower_onnx.cache_key(out / "model.safetensors", tower_json),
+                out / USER_TOWER_FILE)
+            names.append(USER_TOWER_FILE)
+        except HLLMError as exc:  # the version still serves, through PyTorch
+            log.warning("%s; registering without %s: the eager tower will serve",
+                        exc, USER_TOWER_FILE)
     elif user_tower != "eager":
         raise ConfigError(f"user_tower must be onnx or eager, got {user_tower!r}")
     return {name: str(out / name) for name in names}

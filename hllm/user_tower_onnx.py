@@ -68,7 +68,8 @@ def cache_key(weights: Path, tower_json: str) -> str:
 
 def export(tower: LastState, table: torch.Tensor, max_history: int, path: Path) -> float:
     """Write `tower` to `path` (through a temp file) and return its max abs difference
-    from eager on random histories; HLLMError when it exceeds TOLERANCE."""
+    from eager on random histories; HLLMError when the exporter fails or the difference
+    exceeds TOLERANCE (then nothing is written)."""
     tower = tower.eval()
     width = min(max_history, 8)
     ids = torch.randint(1, table.shape[0], (2, width))
@@ -79,19 +80,23 @@ def export(tower: LastState, table: torch.Tensor, max_history: int, path: Path) 
     shapes = ({0: batch, 1: length}, {0: batch, 1: length})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # Gradients on: under no_grad nn.TransformerEncoder takes its fused fast path,
-        # whose kernel has no ONNX form.
-        torch.onnx.export(tower, example, str(tmp), input_names=list(INPUTS),
-                          output_names=[OUTPUT], dynamic_shapes=shapes, opset_version=OPSET,
-                          dynamo=True, external_data=False, verbose=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Gradients on: under no_grad nn.TransformerEncoder takes its fused fast path,
+            # whose kernel has no ONNX form.
+            torch.onnx.export(tower, example, str(tmp), input_names=list(INPUTS),
+                              output_names=[OUTPUT], dynamic_shapes=shapes, opset_version=OPSET,
+                              dynamo=True, external_data=False, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - any exporter failure: this tower has no graph
+        tmp.unlink(missing_ok=True)
+        raise HLLMError(f"user tower: the ONNX export failed ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:200]})") from exc
     try:
         diff = parity(OnnxUserTower(tmp), tower, table, max_history)
         if diff > TOLERANCE:
             raise HLLMError(f"user tower: the ONNX graph differs from the eager tower by "
-                            f"{diff:.2e} (> {TOLERANCE:g}); not shipped (register with "
-                            "--user-tower eager to serve it through PyTorch)")
+                            f"{diff:.2e} (> {TOLERANCE:g})")
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,6 +1,6 @@
 """The user tower shipped as ONNX: it answers as the eager tower does, a graph that does not
-is never shipped, the graph is exported once per weights, and without onnxruntime the
-eager tower serves.
+is never shipped, the graph is exported once per weights, and where there is no graph (a
+tower that does not export or match, or no onnxruntime) the eager tower serves.
 
 Untrained cpu-tiny runs (no training: seconds); the artifacts are the ones `hllm register`
 logs (hllm.registry.rebuild_model_dir), loaded as the server loads them.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,6 @@ import yaml
 
 from conftest import untrained_run
 from hllm import user_tower_onnx
-from hllm.errors import HLLMError
 from hllm.pyfunc_model import USER_TOWER_FILE, HLLMRecommender
 from hllm.registry import rebuild_model_dir
 
@@ -89,8 +89,9 @@ def test_the_same_weights_export_once(shipped, tmp_path, caplog, monkeypatch):
     assert time.perf_counter() - started < seconds
 
 
-def test_a_graph_that_does_not_match_is_not_shipped(shipped, tmp_path, monkeypatch):
-    """The run's weights change, the exporter hands back the old graph: parity catches it."""
+def test_a_graph_that_does_not_match_is_not_shipped(shipped, tmp_path, monkeypatch, caplog):
+    """The run's weights change, the exporter hands back the old graph: parity catches it,
+    and the version ships without a graph (the eager tower serves it)."""
     import shutil
 
     import torch
@@ -104,12 +105,29 @@ def test_a_graph_that_does_not_match_is_not_shipped(shipped, tmp_path, monkeypat
               str(changed / "best" / "model.safetensors"))
     monkeypatch.setattr(torch.onnx, "export",
                         lambda model, args, f, **kw: shutil.copyfile(arts[USER_TOWER_FILE], f))
-    with pytest.raises(HLLMError, match=r"the ONNX graph differs from the eager tower by "
-                                        r"\d\.\d\de-\d\d .*not shipped"):
-        artifacts(changed, tmp_path / "out")
+    with caplog.at_level(logging.WARNING, logger="hllm.pyfunc_model"):
+        got = artifacts(changed, tmp_path / "out")
+    assert re.search(r"the ONNX graph differs from the eager tower by \d\.\d\de-\d\d .*"
+                     r"registering without user_tower.onnx", caplog.text), caplog.text
+    assert USER_TOWER_FILE not in got and not (tmp_path / "out" / USER_TOWER_FILE).exists()
     cache = user_tower_onnx.storage.cache_root() / "user-towers"
     assert cache.is_dir() and not list(cache.iterdir())  # no graph, no temp file
-    assert not (tmp_path / "out" / USER_TOWER_FILE).exists()
+    assert load(got).onnx_tower is None
+
+
+def test_an_exporter_failure_ships_the_eager_tower(tmp_path, monkeypatch, caplog):
+    import torch
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Unsupported operator aten::made_up\nmore detail")
+
+    run, _ = untrained_run(tmp_path, "sasrec", n_users=30, n_items=100)
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    with caplog.at_level(logging.WARNING, logger="hllm.pyfunc_model"):
+        got = artifacts(run, tmp_path / "out")
+    assert ("user tower: the ONNX export failed (RuntimeError: Unsupported operator "
+            "aten::made_up); registering without user_tower.onnx") in caplog.text
+    assert USER_TOWER_FILE not in got
 
 
 def test_eager_registration_and_serving_without_onnxruntime(shipped, tmp_path, monkeypatch, caplog):
