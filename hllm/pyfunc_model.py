@@ -14,7 +14,9 @@ Serving needs only the user tower and the item vectors, so the model carries
     used when onnxruntime is installed; without it the eager tower answers.
 Scoring follows hllm.evaluate step by step (right-padded histories of the last
 `max_history` items, batches of `eval_batch_size`, cosine scores, item 0 and the
-history masked), so a batch of test histories reproduces the run's ranks exactly.
+history masked), so a batch of test histories reproduces the run's ranks exactly with
+the eager tower; through user_tower.onnx the user vectors agree to about 1e-7, so only
+items tied that closely can swap places.
 With catalog.faiss the same user vectors search the index instead of scoring every
 item: approximate top-k (recall@10 against exact is what bench/catalog_scale.py and
 tests/test_catalog_index.py measure), with cosines as scores.
