@@ -38,6 +38,7 @@ from hllm.errors import ConfigError, HLLMError
 
 log = logging.getLogger(__name__)
 USER_TOWER_FILE = "user_tower.onnx"  # the user tower as ONNX (hllm.user_tower_onnx)
+USER_TOWERS = ("onnx", "eager")  # how a version serves its user tower
 
 DEFAULT_K = 10
 
@@ -93,6 +94,8 @@ def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
     if user_tower == "onnx":
         from hllm import user_tower_onnx
 
+        # Rebuilt from the shipped files, as the server rebuilds it: parity is checked
+        # against the very tower the eager path would serve.
         weights = load_file(str(out / "model.safetensors"))
         module, user_states = _user_tower(tower, cfg, weights, len(item_raw_ids) - 1)
         try:
@@ -105,8 +108,9 @@ def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
         except HLLMError as exc:  # the version still serves, through PyTorch
             log.warning("%s; registering without %s: the eager tower will serve",
                         exc, USER_TOWER_FILE)
-    elif user_tower != "eager":
-        raise ConfigError(f"user_tower must be onnx or eager, got {user_tower!r}")
+    elif user_tower not in USER_TOWERS:
+        raise ConfigError(f"user_tower must be one of {', '.join(USER_TOWERS)}, "
+                          f"got {user_tower!r}")
     return {name: str(out / name) for name in names}
 
 

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 ALIAS = "challenger"
 REQUIRED_METRICS = ("recall@10", "ndcg@10", "split_sha256")
 ONNX_FILE = "item_llm.onnx"
-USER_TOWERS = ("onnx", "eager")
 
 
 class RegistryError(HLLMError):
@@ -164,7 +163,9 @@ def prepare(run_dir: Path, workdir: Path, *, onnx: bool | None, onnx_dir: str | 
             feature_repo: str | Path | None, exact_max_items: int = EXACT_MAX_ITEMS,
             user_tower: str = "onnx") -> _Prepared:
     """Everything that can fail on bad input, done before the registry is touched."""
-    if user_tower not in USER_TOWERS:
+    from hllm.pyfunc_model import USER_TOWERS
+
+    if user_tower not in USER_TOWERS:  # before a slow Item LLM export, not after
         raise ConfigError(f"user_tower must be one of {', '.join(USER_TOWERS)}, got {user_tower!r}")
     if exact_max_items < 0:
         raise ConfigError(f"exact_max_items is {exact_max_items}; pass a number of items >= 0 "

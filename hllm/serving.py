@@ -69,18 +69,19 @@ class OnlineHistory:
         os.environ.setdefault("FEAST_USAGE", "False")
         from feast import FeatureStore
         from feast.infra.online_stores.helpers import get_online_store_from_config
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
 
         from hllm.features import feature_repo_dir
 
         self.store = FeatureStore(repo_path=str(feature_repo_dir(repo)))
         self.view = self.store.get_feature_view("user_history")
         self.online = get_online_store_from_config(self.store.config.online_store)
+        self._key = lambda user: EntityKey(join_keys=["user_id"],
+                                           entity_values=[Value(string_val=user)])
 
     def __call__(self, user: str) -> list[str]:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        key = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=str(user))])
+        key = self._key(str(user))
         [(_, row)] = self.online.online_read(self.store.config, self.view, [key], ["item_ids"])
         return list(row["item_ids"].string_list_val.val) if row and "item_ids" in row else []
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -125,8 +126,6 @@ def parity(graph: "OnnxUserTower", tower: LastState, table: torch.Tensor, max_hi
 def cached_export(tower: LastState, table: torch.Tensor, max_history: int, key: str,
                   out: Path) -> Path:
     """`out` (a copy of the cached graph for `key`), exporting into the cache first if needed."""
-    import shutil
-
     cached = storage.cache_root() / "user-towers" / f"{key}.onnx"
     if cached.is_file():
         log.info("user tower: ONNX graph from the cache (%s)", cached.name)

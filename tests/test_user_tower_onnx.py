@@ -140,3 +140,12 @@ def test_eager_registration_and_serving_without_onnxruntime(shipped, tmp_path, m
     assert model.onnx_tower is None
     assert "onnxruntime is not installed; serving the eager user tower" in caplog.text
     assert model.recommend([[model.item_ids[1], model.item_ids[2]]], [5])[0][0]
+
+
+def test_an_unknown_user_tower_is_refused_before_anything_is_read(tmp_path):
+    from hllm.errors import ConfigError
+    from hllm.registry import prepare
+
+    with pytest.raises(ConfigError, match="user_tower must be one of onnx, eager, got 'gpu'"):
+        prepare(tmp_path / "no-such-run", tmp_path, onnx=False, onnx_dir=None,
+                pipeline_run_id=None, validation=None, feature_repo=None, user_tower="gpu")
