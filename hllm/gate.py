@@ -391,6 +391,8 @@ def registry_lock(client, name: str, wait_s: float = 120.0, settle_s: float = 1.
     The registry has no compare-and-set, so: wait until the tag is free (or older than
     `stale_s`, a crashed holder), write our token, wait `settle_s`, read it back. Of two
     writers within `settle_s` only the later reads its own token; the other waits again.
+    Two writes in the same instant make the server refuse one (a unique-key error, seen
+    under a full test run); that writer has lost and waits for the tag like the other.
     """
     token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + wait_s
@@ -404,7 +406,12 @@ def registry_lock(client, name: str, wait_s: float = 120.0, settle_s: float = 1.
                                 f"crashed, delete the registered-model tag {LOCK_TAG!r}")
             time.sleep(0.5)
             continue
-        client.set_registered_model_tag(name, LOCK_TAG, f"{token}@{time.time():.3f}")
+        try:
+            client.set_registered_model_tag(name, LOCK_TAG, f"{token}@{time.time():.3f}")
+        except Exception as exc:  # noqa: BLE001 - only a lost race is retried
+            if not _lost_tag_race(exc):
+                raise
+            continue  # another gate wrote the tag in the same instant: it holds the lock
         time.sleep(settle_s)
         if client.get_registered_model(name).tags.get(LOCK_TAG, "").startswith(token + "@"):
             break
@@ -416,6 +423,12 @@ def registry_lock(client, name: str, wait_s: float = 120.0, settle_s: float = 1.
                 client.delete_registered_model_tag(name, LOCK_TAG)
         except Exception as exc:  # noqa: BLE001 - the lock goes stale after stale_s anyway
             log.warning("model %s: could not release the gate lock: %s", name, exc)
+
+
+def _lost_tag_race(exc: Exception) -> bool:
+    """The tracking server's answer when two clients create the same tag at once: its
+    SQL store reads, then inserts, so the second insert breaks the unique key."""
+    return "UNIQUE constraint failed" in str(exc) or "IntegrityError" in str(exc)
 
 
 def rollback(ab_config: str | Path, tracking_uri: str | None = None) -> tuple[str, str]:
