@@ -128,6 +128,36 @@ def test_users_are_routed_by_arm_and_ranked_from_online_history(served, monkeypa
     assert v1 != v2
 
 
+def test_a_version_loads_without_the_code_copy_it_ships(served, monkeypatch, tmp_path):
+    """The server fetches a version's model files, not its ~75-file copy of hllm, and
+    builds the same model from them; the fetched files do not outlive the load."""
+    for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", *S3_TEST_CREDENTIALS):
+        monkeypatch.setenv(key, served["env"][key])
+    import mlflow.artifacts
+
+    from hllm.online.arms import download_version, load_version
+    from hllm.serving import load_model, top_k
+
+    name = served["model"]
+    full = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1",
+                                                   dst_path=str(tmp_path / "full")))
+    fetched = download_version(name, "1", tmp_path / "fetched")
+    # (registered_model_meta is written by MLflow's models:/ download, not fetched.)
+    assert {p.name for p in full.iterdir()} - {p.name for p in fetched.iterdir()} == \
+        {"code", "registered_model_meta"}
+    assert sorted(p.name for p in (fetched / "artifacts").iterdir()) == \
+        sorted(p.name for p in (full / "artifacts").iterdir())
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    model = load_version(name, "1")
+    assert not list(tmp_path.glob("hllm-serve-load-*"))
+    assert not [entry for entry in sys.path if "hllm-serve-load-" in entry]
+    history = online_histories(served)[USERS[0]]
+    ids, scores = model.recommend([history], [5], exclude=True)[0]
+    want_ids, want_scores = top_k(load_model(f"models:/{name}/1"), history, 5)
+    assert ids == want_ids and scores == pytest.approx(want_scores, abs=1e-6)
+
+
 def test_ramp_zero_serves_everyone_the_champion(served, monkeypatch):
     for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", *S3_TEST_CREDENTIALS):
         monkeypatch.setenv(key, served["env"][key])

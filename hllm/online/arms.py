@@ -12,16 +12,23 @@ snapshot once, so it is answered wholly by the old models or wholly by the new.
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 # Imported here, in the main thread, not lazily in the loader thread: CPython 3.11 can
 # fail an import that compiles code while another thread does ("AST constructor
 # recursion depth mismatch"), and the server imports its web stack at the same time.
 import mlflow.pyfunc
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import MLMODEL_FILE_NAME as MLMODEL_FILE
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from hllm import gate, tracking
 from hllm.errors import ConfigError
@@ -53,14 +60,49 @@ def resolve_version(name: str, ref) -> str:
     return str(version)
 
 
+def download_version(name: str, version: str, dst: Path) -> Path:
+    """A registered version's files into `dst`, without the copy of the code it ships.
+
+    A pyfunc version carries a copy of `hllm` (about 75 small files) for hosts that lack
+    it. This server runs `hllm` already, and Python would import its own modules before
+    the copy anyway, so fetching the copy only costs: one request per file through the
+    tracking server, on the same cores as the live arms, during a swap. Everything else
+    at the top of the model (MLmodel, the pickled model, its artifacts, its requirements)
+    is fetched, so a new kind of file does not need a change here.
+    """
+    uri = tracking.registry_uri()
+    source = MlflowClient(uri).get_model_version_download_uri(name, version)
+    repo = get_artifact_repository(source)
+    dst.mkdir(parents=True, exist_ok=True)
+    mlmodel = Path(repo.download_artifacts(MLMODEL_FILE, str(dst)))
+    flavor = yaml.safe_load(mlmodel.read_text()).get("flavors", {}).get("python_function", {})
+    skip = {MLMODEL_FILE, flavor.get("code")}
+    for entry in repo.list_artifacts():
+        if entry.path not in skip:
+            repo.download_artifacts(entry.path, str(dst))
+    return dst
+
+
 def load_version(name: str, version: str) -> Any:
-    """The Python model inside the pyfunc registered as `name` version `version`."""
+    """The Python model inside the pyfunc registered as `name` version `version`.
+
+    The files are fetched into a temporary directory that is gone once the model is
+    built: every loader reads its artifacts into memory (safetensors, ONNX Runtime's
+    session, the catalog index), so nothing is left behind per swap.
+    """
     uri = f"models:/{name}/{version}"
+    tmp = tempfile.mkdtemp(prefix="hllm-serve-load-")
     try:
-        return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        local = download_version(name, version, Path(tmp))
+        return mlflow.pyfunc.load_model(local.as_posix()).unwrap_python_model()
     except MlflowException as exc:
         raise ConfigError(f"{uri}: cannot load the model "
                           f"({exc.message.splitlines()[0]})") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # The pyfunc loader puts the version's code directory in front of sys.path; it was
+        # never fetched and is gone now: without this, every swap would leave an entry.
+        sys.path[:] = [entry for entry in sys.path if not entry.startswith(tmp)]
 
 
 class ArmModels:
