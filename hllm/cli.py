@@ -204,7 +204,8 @@ def cmd_ab_validate(args: argparse.Namespace) -> int:
 def cmd_ab_promote(args: argparse.Namespace) -> int:
     from hllm.promotion import promote_treatment
 
-    done = promote_treatment(args.ab_config, tracking_uri=args.tracking_uri)
+    done = promote_treatment(args.ab_config, tracking_uri=args.tracking_uri,
+                             without_readout=args.without_readout)
     print(f"champion: {done.model} version {done.previous} -> version {done.version}, the "
           f"treatment of {done.experiment} (version {done.previous} keeps @previous-champion)")
     return 0
@@ -528,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ab-config", required=True, help="the experiment's A/B YAML (its treatment "
                                                       "arm is promoted)")
     p.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--without-readout", action="store_true",
+                   help="promote although no readout in MLflow says to end the experiment "
+                        "(read out elsewhere); the promotion tag records it")
     p.set_defaults(func=cmd_ab_promote)
 
     p = sub.add_parser("recommend", help="top-k items for one user, routed by the A/B config")

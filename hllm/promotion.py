@@ -10,10 +10,14 @@ the treatment arm's version and `previous-champion` to the old champion, under t
 gate's registry lock and with its both-or-neither write, so a gate or rollback running
 at the same time acts before or after it, never between.
 
-It refuses, naming the version and what to do, unless the gate approved that version
-for this experiment against the champion that is serving control now: a version never
-gated, refused, approved for another experiment or against a champion since replaced
-was not judged against what it would replace.
+It refuses, naming the version and what to do, unless
+- the gate approved that version for this experiment against the champion that is
+  serving control now: a version never gated, refused, approved for another experiment
+  or against a champion since replaced was not judged against what it would replace;
+- the newest readout of the experiment logged to MLflow (`hllm ab readout` with a
+  tracking URI) says to end it, and measured that version in the treatment arm: the gate
+  judged offline metrics, the readout judged users. `--without-readout` skips this check
+  for an experiment read out elsewhere; the promotion tag then says so.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from hllm import tracking
 from hllm.errors import ConfigError
 from hllm.experiment import ABConfig, load_ab_config
+from hllm.online.readout import READOUT_EXPERIMENT
 from hllm.gate import (APPROVED_AGAINST_TAG, APPROVED_TAG, CHAMPION, EXPERIMENT_TAG,
                        promote_aliases, registry_lock, resolve_version)
 
@@ -42,8 +47,10 @@ class Promotion:
     experiment: str
 
 
-def promote_treatment(ab_config: str | Path, tracking_uri: str | None = None) -> Promotion:
-    """Move `champion` to the experiment's treatment if the gate approved it; else refuse."""
+def promote_treatment(ab_config: str | Path, tracking_uri: str | None = None,
+                      without_readout: bool = False) -> Promotion:
+    """Move `champion` to the experiment's treatment if the gate approved it and the newest
+    readout says to end the experiment; else refuse."""
     from mlflow.tracking import MlflowClient
 
     cfg = load_ab_config(ab_config)
@@ -55,9 +62,15 @@ def promote_treatment(ab_config: str | Path, tracking_uri: str | None = None) ->
         version = treatment_version(client, cfg)
         champion = resolve_version(client, name, CHAMPION)
         check_approval(cfg, version, client.get_model_version(name, version).tags, champion)
+        if without_readout:
+            log.warning("ab promote: %s version %s promoted without reading the readout "
+                        "(--without-readout)", name, version)
+        else:
+            check_readout(cfg, version, latest_readout(client, cfg))
         promote_aliases(client, name, version, champion)
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        client.set_model_version_tag(name, version, PROMOTED_TAG, f"{cfg.name} at {now}")
+        how = " (without a readout)" if without_readout else ""
+        client.set_model_version_tag(name, version, PROMOTED_TAG, f"{cfg.name} at {now}{how}")
     log.info("ab promote: %s champion %s -> %s after experiment %s", name, champion, version,
              cfg.name)
     return Promotion(name, version, str(champion), cfg.name)
@@ -97,3 +110,42 @@ def check_approval(cfg: ABConfig, version: str, tags: dict[str, str], champion: 
     if against != champion:
         raise ConfigError(f"{who} was approved against champion version {against}, but champion "
                           f"is now version {champion}; gate it again: {regate}")
+
+
+def latest_readout(client, cfg: ABConfig):
+    """The newest readout run of this experiment on this model (`hllm ab readout`), or None."""
+    holder = client.get_experiment_by_name(READOUT_EXPERIMENT)
+    if holder is None:
+        return None
+
+    def quoted(value: str) -> str:
+        return "'" + value.replace("'", "\\'") + "'"
+
+    runs = client.search_runs(
+        [holder.experiment_id],
+        filter_string=(f"tags.`ab.experiment` = {quoted(cfg.name)} and "
+                       f"tags.`ab.model` = {quoted(cfg.model)}"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def check_readout(cfg: ABConfig, version: str, run) -> None:
+    """Refuse, in one line, unless the newest readout `run` says to end the experiment
+    with `version` as the treatment it measured (pure: the run is read by the caller)."""
+    readout_cmd = f"`hllm ab readout --ab-config {cfg.source} --log LOG`"
+    if run is None:
+        raise ConfigError(f"no readout of experiment {cfg.name!r} in MLflow (experiment "
+                          f"{READOUT_EXPERIMENT!r}): run {readout_cmd} with the tracking URI "
+                          "set, or pass --without-readout if it was read out elsewhere")
+    tags = run.data.tags
+    when = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.timezone.utc
+                                     ).isoformat(timespec="seconds")
+    which = f"the newest readout of {cfg.name} (run {run.info.run_id}, {when})"
+    if tags.get("ab.ends_experiment") != "true":
+        raise ConfigError(f"{which} says {tags.get('ab.decision', '?').upper()}, not to end the "
+                          f"experiment (next step: {tags.get('ab.next_step', '?')}); promote "
+                          "after a readout of the last ramp stage says to end it")
+    measured = tags.get("ab.treatment.versions", "")
+    if measured != version:
+        raise ConfigError(f"{which} measured treatment version(s) {measured or 'none'}, not "
+                          f"version {version}; read out the experiment that served it")

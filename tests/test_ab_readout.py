@@ -31,8 +31,11 @@ START = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
 
 def traffic(cfg, users: int = 4000, ctr: dict[str, float] | None = None, ramp: float | None = 1,
             days: float = 1.5, latency: dict[str, float] | None = None,
-            error_rate: float = 0.0, skew: float = 0.0, seed: int = 0) -> list[dict]:
+            error_rate: float = 0.0, skew: float = 0.0, seed: int = 0,
+            versions: tuple[str, str] = ("1", "2")) -> list[dict]:
     """A log as `hllm serve` writes it: one request per user, clicks with the arm's rate.
+
+    `versions`: the registry versions control and treatment served.
 
     `skew` drops that share of treatment users' records (a logging bug: the SRM must see it).
     """
@@ -48,7 +51,7 @@ def traffic(cfg, users: int = 4000, ctr: dict[str, float] | None = None, ramp: f
         served = a.serve
         base = {"request_id": f"r{u}", "time": (START + dt.timedelta(days=days * u / users)).isoformat(),
                 "user": user, "arm": a.arm, "served": served, "in_ramp": a.in_ramp, "ramp": ramp,
-                "model": cfg.model, "version": "2" if served == "treatment" else "1",
+                "model": cfg.model, "version": versions[served == "treatment"],
                 "latency_ms": latency[served] + rng.expovariate(1 / 2)}
         if served == "treatment" and rng.random() < error_rate:
             records.append({**base, "kind": "error", "status": 500, "error": "boom"})

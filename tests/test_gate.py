@@ -8,6 +8,7 @@ each refusal reason is exercised on purpose.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -295,13 +296,29 @@ def pin_treatment(ab: Path, version: str, **edits) -> None:
     ab.write_text(yaml.safe_dump(raw))
 
 
-def ab_promote(ab: Path, capsys, monkeypatch) -> tuple[int, str, list[str]]:
+def log_a_readout(ab: Path, control: str, treatment: str, last_stage: bool = True) -> None:
+    """What `hllm ab readout` logs to MLflow after the last ramp stage (else after stage 2),
+    from a log of users routed by the real assignment, the treatment clicking more."""
+    from test_ab_readout import traffic
+
+    from hllm.experiment import load_ab_config
+    from hllm.online.readout import log_readout, readout
+
+    cfg = load_ab_config(ab)
+    records = traffic(cfg, ramp=None if last_stage else 10, days=8 if last_stage else 3,
+                      ctr={"control": 0.10, "treatment": 0.12}, versions=(control, treatment))
+    result = readout(cfg, records)
+    assert result.ends_experiment == last_stage, (result.decision, result.reasons)
+    log_readout(result, "<html></html>", os.environ["MLFLOW_TRACKING_URI"])
+
+
+def ab_promote(ab: Path, capsys, monkeypatch, *extra: str) -> tuple[int, str, list[str]]:
     """`hllm ab promote` in this process: exit code, stdout, stderr lines."""
     from hllm.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main() sets it; keep it this test's
     capsys.readouterr()  # drop what the setup printed (MLflow's run links)
-    code = main(["ab", "promote", "--ab-config", str(ab)])
+    code = main(["ab", "promote", "--ab-config", str(ab), *extra])
     captured = capsys.readouterr()
     return code, captured.out, captured.err.strip().splitlines()
 
@@ -336,6 +353,7 @@ def test_after_experiment_the_gate_approves_and_ab_promote_moves_champion(
 
     pin_treatment(ab, v2)
     v3 = add_version(client, tmp_path, model, BASE * 2)  # registered mid-experiment: @challenger
+    log_a_readout(ab, control=v1, treatment=v2)  # the last stage's readout: end it
     code, out, err = ab_promote(ab, capsys, monkeypatch)
     assert code == 0, err
     assert f"{model} version {v1} -> version {v2}, the treatment of hllm-rollout" in out
@@ -354,6 +372,10 @@ def test_after_experiment_the_gate_approves_and_ab_promote_moves_champion(
     ("approved for another experiment", "was approved for experiment 'hllm-rollout', not "
                                         "'hllm-rollout-2'"),
     ("champion replaced since the approval", "was approved against champion version"),
+    ("no readout", "no readout of experiment 'hllm-rollout' in MLflow (experiment "
+                   "'ab-readouts'): run `hllm ab readout --ab-config"),
+    ("readout before the last stage", ", not to end the experiment (next step: "),
+    ("readout of another version", "measured treatment version(s) 99, not version"),
 ])
 def test_ab_promote_refuses_in_one_line_and_moves_nothing(
         registry, tmp_path, capsys, monkeypatch, case, words):
@@ -362,14 +384,19 @@ def test_ab_promote_refuses_in_one_line_and_moves_nothing(
     v1 = add_version(client, tmp_path, model, BASE)
     client.set_registered_model_alias(model, "champion", v1)
     v2 = add_version(client, tmp_path, model, BASE * 2 if case == "refused by the gate" else better(BASE))
-    if case in ("refused by the gate", "approved for another experiment",
-                "champion replaced since the approval"):
+    if case not in ("never gated", "already champion"):
         decision = gate(v2, ab, baseline=evaluation_dir(tmp_path, BASE * 2))
         assert decision.decision == ("refused" if case == "refused by the gate" else "approved")
     if case == "champion replaced since the approval":
         client.set_registered_model_alias(model, "champion", add_version(client, tmp_path, model, BASE))
     pin_treatment(ab, v1 if case == "already champion" else v2,
                   **({"name": "hllm-rollout-2"} if case == "approved for another experiment" else {}))
+    if case == "readout before the last stage":
+        log_a_readout(ab, control=v1, treatment=v2, last_stage=False)
+    elif case == "readout of another version":
+        log_a_readout(ab, control=v1, treatment="99")
+    elif case != "no readout":  # a readout that would let it through: the refusal is the gate's
+        log_a_readout(ab, control=v1, treatment=v2)
     before = aliases(client, model)
     code, out, err = ab_promote(ab, capsys, monkeypatch)
     assert code == 2 and out == "" and len(err) == 1, (code, out, err)
@@ -428,3 +455,20 @@ def test_a_tag_write_lost_to_a_simultaneous_gate_waits_for_the_lock():
     with pytest.raises(MlflowException, match="PERMISSION_DENIED"):
         with registry_lock(registry, "m", wait_s=1, settle_s=0.01):
             pass
+
+
+def test_ab_promote_without_readout_promotes_and_says_so(registry, tmp_path, capsys, monkeypatch):
+    """An experiment read out outside MLflow: the operator vouches, the version's tag records it."""
+    client, model, _ = registry
+    ab = write_ab(tmp_path, model, promote="after_experiment")
+    baseline = evaluation_dir(tmp_path, BASE * 2)
+    v1 = add_version(client, tmp_path, model, BASE)
+    assert gate(v1, ab, baseline=baseline).promoted
+    v2 = add_version(client, tmp_path, model, better(BASE))
+    assert gate(v2, ab, baseline=baseline).decision == "approved"
+    pin_treatment(ab, v2)
+    code, out, err = ab_promote(ab, capsys, monkeypatch, "--without-readout")
+    assert code == 0, err
+    assert aliases(client, model)["champion"] == v2
+    assert client.get_model_version(model, v2).tags["gate.promoted_after_experiment"].endswith(
+        "(without a readout)")

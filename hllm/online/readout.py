@@ -41,6 +41,7 @@ from hllm.report_html import fmt, page, table
 ARMS = ("control", "treatment")
 DEFAULT_KS = (10,)
 MIN_USERS = 100  # per arm; below it an interval says little and the readout holds
+READOUT_EXPERIMENT = "ab-readouts"  # the MLflow experiment holding one run per readout
 
 
 @dataclass
@@ -84,9 +85,16 @@ class Readout:
     feedback_unmatched: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def ends_experiment(self) -> bool:
+        """The last ramp stage ran its days with every guardrail held: promote the treatment."""
+        return (self.decision == "advance" and self.stage["index"] is not None
+                and self.stage["index"] + 1 == self.stage["of"])
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["sample_ratio"]["mismatch"] = self.sample_ratio.mismatch
+        out["ends_experiment"] = self.ends_experiment
         return json.loads(json.dumps(out, default=str).replace("NaN", "null"))
 
 
@@ -355,18 +363,23 @@ def metrics_for_tracking(r: Readout) -> dict[str, float]:
 
 
 def log_readout(r: Readout, html_text: str, tracking_uri: str) -> str:
-    """One MLflow run per readout (experiment `ab-readouts`): metrics, decision, the page."""
+    """One MLflow run per readout (experiment `ab-readouts`): metrics, decision, the page.
+
+    `hllm ab promote` reads the newest of these runs: its tags say what it decided, whether
+    that ends the experiment, and which versions each arm served.
+    """
     import mlflow
 
     from hllm.tracking import check_server
 
     check_server(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("ab-readouts")
+    experiment = client.get_experiment_by_name(READOUT_EXPERIMENT)
     experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment("ab-readouts"))
+                     else client.create_experiment(READOUT_EXPERIMENT))
     run = client.create_run(experiment_id, run_name=f"{r.experiment} {r.last}", tags={
         "ab.experiment": r.experiment, "ab.decision": r.decision, "ab.model": r.model,
+        "ab.ends_experiment": str(r.ends_experiment).lower(), "ab.next_step": r.next_step,
         "ab.log": r.log, **{f"ab.{arm}.versions": ",".join(sorted(o.versions))
                              for arm, o in r.arms.items()}})
     run_id = run.info.run_id
