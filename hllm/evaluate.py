@@ -112,18 +112,32 @@ def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
     raise ValueError(f"unknown metric {metric!r}")
 
 
+BOOTSTRAP_CHUNK = 1 << 22  # resampled indices held at once: 32 MB of int64, plus their values
+
+
 def paired_bootstrap(ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str = "ndcg@10",
                      samples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """Difference a - b of a metric over the same users, with a paired bootstrap interval.
 
     Users are resampled with replacement and both models are scored on the same resample,
     so the interval reflects how much the difference depends on which users were drawn.
+
+    The resamples are drawn a few at a time (at most BOOTSTRAP_CHUNK indices at once):
+    all of them together are samples x users integers, 16 GB at 1M users and 2,000
+    samples. Drawn in row blocks from one generator they are the same numbers, and each
+    resample's mean is computed alone either way, so the interval is bit for bit the one
+    the all-at-once draw gives (tested).
     """
     a, b = per_user_metric(ranks_a, metric), per_user_metric(ranks_b, metric)
     if a.shape != b.shape:
         raise ValueError("rank arrays differ in length: not the same evaluation users")
+    per_user = a - b  # (a - b)[idx] equals a[idx] - b[idx] exactly
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(samples, len(a)))
-    diffs = (a[idx] - b[idx]).mean(1)
+    diffs = np.empty(samples)
+    rows = max(1, BOOTSTRAP_CHUNK // max(1, len(a)))
+    for start in range(0, samples, rows):
+        stop = min(samples, start + rows)
+        idx = rng.integers(0, len(a), size=(stop - start, len(a)))
+        diffs[start:stop] = per_user[idx].mean(1)
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return {"diff": float(a.mean() - b.mean()), "low": float(lo), "high": float(hi)}
