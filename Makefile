@@ -12,7 +12,7 @@ RUNNER ?= subprocess
 # The HLLM pipeline holds the newest 20% of items out (a measurable cold segment).
 CONFIG ?= $(if $(filter hllm,$(PIPELINE)),configs/cold-items.yaml,)
 
-.PHONY: run test bench screenshots venv gemma image test-containers clean
+.PHONY: run test test-fast bench screenshots venv gemma image test-containers clean
 
 venv: $(STAMP)
 
@@ -59,6 +59,11 @@ test-containers: image
 # module fixtures are built once: most tests wait on subprocess start-up, not on the cores.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The inner loop: the test modules marked `fast` (no training runs), less any test that
+# starts a server (conftest marks those `server`); about 30 s. `make test` runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "fast and not server" --durations=5
 
 # The run's HTML pages in headless Chromium at 1280 px (RUN/screenshots/*.png), to look at.
 screenshots: $(STAMP)

@@ -87,6 +87,17 @@ def toy_data(tmp_path) -> Path:
     return write_recbole(tmp_path / "toy", inter, items)
 
 
+SERVER_FIXTURES = {"s3_endpoint", "s3_env", "mlflow_server_url", "mlflow_env"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that starts a server (through these fixtures) `server`: the fast tier
+    (`make test-fast`: -m "fast and not server") leaves it out whatever its module says."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """A test that pins torch's thread count (process-wide) does not slow every later test."""

@@ -24,6 +24,8 @@ from hllm.online import ab_stats
 from hllm.online.exposure import ExposureLog
 from hllm.online.readout import readout, render_html, render_text
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ab" / "hllm-rollout.yaml"
 START = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)

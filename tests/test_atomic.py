@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hllm.atomic import recover_dir, swap_dir
+
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
 
 
 def _dir(path, text):

@@ -11,6 +11,8 @@ import pytest
 
 from hllm.online.batching import MicroBatcher
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 class EchoPredictor:
     """Ranks a history's items backwards (answers are checkable); records each call's size."""

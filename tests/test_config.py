@@ -9,6 +9,8 @@ import pytest
 from hllm.config import PRESETS, load_config, parse_set
 from hllm.errors import ConfigError
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_build(name):

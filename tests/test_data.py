@@ -13,6 +13,8 @@ from hllm.data.readers import read_dataset
 from hllm.data.split import build_split
 from hllm.errors import DataError
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 def test_leave_one_out_split_by_hand(tmp_path):
     # User 1: items 10, 11, 12, 13 at increasing times, but rows given out of order.

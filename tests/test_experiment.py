@@ -16,6 +16,8 @@ from hllm.assignment import assign, bucket
 from hllm.errors import ConfigError
 from hllm.experiment import check_layer, load_ab_config, parse_ab_config
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "configs" / "ab" / "hllm-rollout.yaml"
 

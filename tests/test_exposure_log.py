@@ -11,6 +11,8 @@ from hllm.errors import DataError
 from hllm.online.exposure import ExposureLog, LogBackpressure, part_names, read_log
 from servers import free_port
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 def records(n: int, start: int = 0) -> list[dict]:
     return [{"kind": "exposure", "request_id": f"r{i}", "user": str(i % 7), "items": ["a", "b"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from hllm import storage
@@ -12,6 +13,8 @@ from hllm.distributed import Dist
 from hllm.item_cache import load_or_compute_item_cache
 from hllm.models.hllm import HLLM
 from hllm.train import load_split, saved_state_dict
+
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
 
 
 def frozen_cfg(**extra):

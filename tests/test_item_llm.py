@@ -10,6 +10,8 @@ import torch
 from hllm.config import ItemLLMConfig, cpu_tiny
 from hllm.models.item_llm import ItemLLM
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 TEXTS = [{"title": "Toy Story", "genre": "Animation Comedy"}, {"title": "Heat"},
          {"title": "A much longer title that runs on", "genre": "Drama"}, {},
          {"title": "Alien", "genre": "Horror Sci-Fi"}]

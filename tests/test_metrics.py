@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from hllm.evaluate import metrics_from_ranks, rank_of_targets
 from hllm.models.loss import infonce
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 def test_rank_masks_padding_and_history():
     # Items 0..5. Item 0 is padding, items 1 and 4 are history: masked although they score

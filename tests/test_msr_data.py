@@ -9,6 +9,8 @@ from conftest import ML100K
 from hllm.errors import DataError
 from hllm.msr.data import check_msr_rows, encode, genre_scenario, load_rows, scenario_stats
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 
 @pytest.fixture(scope="module")

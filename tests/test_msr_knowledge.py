@@ -12,6 +12,8 @@ from hllm.msr import knowledge as K
 from hllm.msr.config import cpu_tiny
 from hllm.msr.data import MSRRows, SCENARIO_DESCRIPTIONS
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 PROMPTS = {"a": "short prompt", "b": "a somewhat longer prompt about films", "c": "x"}
 
 

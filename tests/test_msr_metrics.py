@@ -9,6 +9,8 @@ import pytest
 
 from hllm.msr.evaluate import auc, logloss, msr_metrics
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 def test_auc_perfect_reversed_and_constant():
     y = [1, 0, 1, 0]

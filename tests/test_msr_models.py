@@ -18,6 +18,8 @@ from hllm.msr.backbones import (
 from hllm.msr.config import MSRModelConfig
 from hllm.msr.meta import LLM4MSR, MetaLayer, bce_loss
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 CARDS = {"user": 6, "item": 9, "scenario": 3, "age": 4}
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from hllm.msr.data import MSRRows
 from hllm.msr.probes import cross_validated, run_probes, scenario_similarity
+
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
 
 SCEN = ["family", "action"]
 

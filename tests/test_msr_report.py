@@ -7,6 +7,10 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 def _model(directory: Path, name: str, auc: float, history: list[tuple[float, float]]) -> None:
     directory.mkdir(parents=True)

@@ -18,6 +18,8 @@ from hllm.msr.data import genre_scenario, load_rows, scenario_stats
 from hllm.msr.validation import validate_msr
 from hllm.validation import validate_dataset
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 SPELLINGS = {"ints": ("1", "0"), "floats": ("1.0", "0.0"), "words": ("true", "false"),
              "capitalised": ("TRUE", "False")}
 

@@ -19,6 +19,8 @@ from hllm.models.hllm import HLLM
 from hllm.models.prefix_cache import compute_prefix_states
 from hllm.train import load_split
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 CPU = torch.device("cpu")
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from hllm.progress import Progress, duration
+
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
 
 
 class Clock:

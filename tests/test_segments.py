@@ -13,6 +13,8 @@ from hllm.data.split import build_split
 from hllm.errors import DataError
 from hllm.segments import long_tail_items, segment_masks, segment_metrics, train_counts
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 def _toy_split(tmp_path):
     # Items 1..5 (raw ids 10..50). Training items per user are all but the last two.

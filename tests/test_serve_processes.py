@@ -18,6 +18,8 @@ from hllm.errors import ConfigError
 from hllm.online.processes import Siblings, listening_socket
 from hllm.online.server import check_port
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 def wait_for(condition, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout

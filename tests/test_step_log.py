@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from pipelines.step_log import StepLog
+
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
 
 CYAN, GREEN, RED, END = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[0m"
 

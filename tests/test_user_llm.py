@@ -13,6 +13,8 @@ from hllm.errors import ConfigError
 from hllm.models.pretrained import load_backbone
 from hllm.models.user_llm import UserLLM
 
+pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
+
 
 def test_user_llm_is_causal_over_item_vectors():
     torch.manual_seed(0)
