@@ -383,10 +383,49 @@ def read_config_file(config_file: str | Path) -> tuple[str | None, dict[str, Any
     return base, flatten(loaded)
 
 
+# What a value must be for training to mean something: checked on every resolved config,
+# so `--set train.epochs=-1` is refused before a file is written instead of training
+# nothing and exiting 0, and `train.batch_size=0` is not a ZeroDivisionError later.
+AT_LEAST = {"train.epochs": 1, "train.batch_size": 1, "train.grad_accum": 1,
+            "train.num_negatives": 1, "train.eval_batch_size": 1, "train.weight_decay": 0,
+            "train.checkpoint_every": 0, "train.max_steps": 0, "train.num_threads": 0,
+            "train.patience": 0, "data.max_history": 1}
+ABOVE = {"train.lr": 0, "train.max_grad_norm": 0, "train.logit_scale_init": 0,
+         "train.logit_scale_max": 0}
+BETWEEN = {"train.warmup_ratio": (0, 1), "train.nce_threshold": (-1, 1)}
+ONE_OF = {"train.precision": ("auto", "fp32", "bf16"),
+          "train.deterministic": ("auto", "on", "off"),
+          "train.strategy": ("ddp", "fsdp"),
+          "train.fsdp_mixed_precision": ("auto", "bf16", "fp32"),
+          "train.fsdp_reduce_dtype": ("fp32", "bf16"),
+          "train.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2")}
+
+
+def check_values(cfg: Config) -> Config:
+    """Every value out of its range or set, reported together in one ConfigError."""
+    values = flatten(cfg.to_dict())
+    errors = []
+    for key, low in AT_LEAST.items():
+        if key in values and values[key] < low:
+            errors.append(f"'{key}': {values[key]!r}, must be >= {low}")
+    for key, low in ABOVE.items():
+        if key in values and not values[key] > low:
+            errors.append(f"'{key}': {values[key]!r}, must be > {low}")
+    for key, (low, high) in BETWEEN.items():
+        if key in values and not low <= values[key] <= high:
+            errors.append(f"'{key}': {values[key]!r}, must be in [{low}, {high}]")
+    for key, allowed in ONE_OF.items():
+        if key in values and values[key] not in allowed:
+            errors.append(f"'{key}': {values[key]!r}, must be one of {', '.join(allowed)}")
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    return cfg
+
+
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
-    """Resolve preset <- YAML file <- --set overrides, in that order."""
-    return resolve_config(PRESETS, preset, config_file, overrides)
+    """Resolve preset <- YAML file <- --set overrides, in that order; values checked."""
+    return check_values(resolve_config(PRESETS, preset, config_file, overrides))
 
 
 def resolve_config(presets: dict[str, Callable[[], T]], preset: str | None,

@@ -44,3 +44,33 @@ def test_unknown_preset():
 def test_shipped_yaml_configs_load(path):
     cfg = load_config(None, path)
     assert cfg.preset in PRESETS
+
+
+def test_values_out_of_range_are_all_refused_at_once_before_anything_is_written(tmp_path,
+                                                                                 capsys):
+    """`--set train.epochs=-1` used to train nothing and exit 0; batch_size=0 and lr=-5 ended
+    in tracebacks after config.yaml was written. Now every bad value is named, exit 2."""
+    from hllm.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--preset", "cpu-tiny", "--data", str(tmp_path / "never-read"),
+                 "--out", str(out), "--set", "train.epochs=-1", "--set", "train.batch_size=0",
+                 "--set", "train.lr=-5", "--set", "train.warmup_ratio=2",
+                 "--set", "train.strategy=zero"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists(), err
+    for words in ("'train.epochs': -1, must be >= 1", "'train.batch_size': 0, must be >= 1",
+                  "'train.lr': -5.0, must be > 0", "'train.warmup_ratio': 2.0, must be in [0, 1]",
+                  "'train.strategy': 'zero', must be one of ddp, fsdp"):
+        assert words in err, err
+
+
+def test_every_preset_and_shipped_config_is_in_range():
+    from hllm.config import check_values
+
+    for preset in PRESETS.values():
+        check_values(preset())
+    shipped = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        load_config(None, path)
