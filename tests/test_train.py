@@ -209,6 +209,6 @@ def test_cpu_training_runs_on_deterministic_kernels_unless_told_not_to(toy_data,
 def test_an_unknown_determinism_setting_is_refused_before_reading_data(tmp_path):
     from hllm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train.deterministic: 'sometimes' is not one of auto, on, off"):
+    with pytest.raises(ConfigError, match=r"'train.deterministic': 'sometimes', must be one of auto, on, off"):
         train(tiny_cfg(**{"train.deterministic": "sometimes"}), "sasrec",
               str(tmp_path / "no-such-data"), tmp_path / "out", progress=False)
