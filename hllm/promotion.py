@@ -132,7 +132,7 @@ def latest_readout(client, cfg: ABConfig):
 def check_readout(cfg: ABConfig, version: str, run) -> None:
     """Refuse, in one line, unless the newest readout `run` says to end the experiment
     with `version` as the treatment it measured (pure: the run is read by the caller)."""
-    readout_cmd = f"`hllm ab readout --ab-config {cfg.source} --log LOG`"
+    readout_cmd = f"`hllm ab readout --ab-config {cfg.source} --exposure-log LOG`"
     if run is None:
         raise ConfigError(f"no readout of experiment {cfg.name!r} in MLflow (experiment "
                           f"{READOUT_EXPERIMENT!r}): run {readout_cmd} with the tracking URI "

@@ -374,6 +374,7 @@ def test_after_experiment_the_gate_approves_and_ab_promote_moves_champion(
     ("champion replaced since the approval", "was approved against champion version"),
     ("no readout", "no readout of experiment 'hllm-rollout' in MLflow (experiment "
                    "'ab-readouts'): run `hllm ab readout --ab-config"),
+    ("no readout", " --exposure-log LOG` with the tracking URI set, or pass --without-readout"),
     ("readout before the last stage", ", not to end the experiment (next step: "),
     ("readout of another version", "measured treatment version(s) 99, not version"),
 ])
