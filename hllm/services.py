@@ -69,7 +69,8 @@ def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     """Stop a server and the workers it forked (it leads its own process group)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
+    except ProcessLookupError:  # already gone (killed): only reap it
+        proc.wait(timeout=timeout)
         return
     try:
         proc.wait(timeout=timeout)
@@ -80,13 +81,13 @@ def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 @contextmanager
 def _server(cmd: list[str], health: str, log_path: Path, env: dict[str, str],
-            cwd: Path, timeout: float) -> Iterator[None]:
-    with open(log_path, "w") as log:
+            cwd: Path, timeout: float) -> Iterator[subprocess.Popen]:
+    with open(log_path, "a") as log:  # appended: a restart on the same store keeps the first log
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 start_new_session=True)
         try:
             wait_for(health, proc, timeout)
-            yield
+            yield proc
         finally:
             _stop(proc)
 
@@ -121,6 +122,15 @@ def _ensure_bucket(s3_url: str, bucket: str) -> None:
 @contextmanager
 def mlflow_server(workdir: Path, s3_url: str, bucket: str = BUCKET) -> Iterator[str]:
     """`mlflow server`: SQLite store, artifacts proxied to s3://BUCKET/mlflow; yields its URL."""
+    with mlflow_server_process(workdir, s3_url, bucket) as (url, _):
+        yield url
+
+
+@contextmanager
+def mlflow_server_process(workdir: Path, s3_url: str,
+                          bucket: str = BUCKET) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`mlflow_server`, yielding its process too (it leads its own process group): what a
+    test needs to kill the server for real and start another on the same store."""
     _ensure_bucket(s3_url, bucket)
     port = free_port()
     url = f"http://{HOST}:{port}"
@@ -130,8 +140,8 @@ def mlflow_server(workdir: Path, s3_url: str, bucket: str = BUCKET) -> Iterator[
     cmd = [_venv_bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
            "--artifacts-destination", f"s3://{bucket}/mlflow"]
-    with _server(cmd, url + "/health", workdir / "mlflow-server.log", env, workdir, 120):
-        yield url
+    with _server(cmd, url + "/health", workdir / "mlflow-server.log", env, workdir, 120) as proc:
+        yield url, proc
 
 
 @contextmanager

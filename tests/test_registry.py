@@ -304,6 +304,46 @@ def test_a_failed_registers_undo_never_moves_a_concurrent_registers_alias(mlflow
         client.get_registered_model(other)
 
 
+def test_server_killed_between_the_version_and_the_alias_leaves_what_the_error_names(
+        tracked_run, s3_env, tmp_path, monkeypatch):
+    """A real `mlflow server` process is SIGKILLed (its whole process group) the moment the
+    new version exists; started again on the same SQLite store, the registry holds exactly
+    what the error says could not be taken back, and `challenger` was never set."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from hllm import registry
+    from hllm.services import mlflow_server, mlflow_server_process
+
+    monkeypatch.setenv("HLLM_CACHE", str(tracked_run["cache"]))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a dead server needs no retries
+    name = "hllm-server-killed"
+    store = tmp_path / "store"
+    store.mkdir()
+    created = registry.Rollback.create_version
+
+    with mlflow_server_process(store, s3_env, "mlflow-killed") as (url, proc):
+        def create_then_die(self, *args, **kwargs):
+            version = created(self, *args, **kwargs)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return version
+
+        monkeypatch.setattr(registry.Rollback, "create_version", create_then_die)
+        with pytest.raises(registry.RegistryError) as info:
+            registry.register(tracked_run["run"], name, onnx=False, tracking_uri=url)
+    message = str(info.value)
+    assert url in message and "could not be fully rolled back" in message
+    left = message.split("still in the registry: ")[1].split(". Delete")[0].split("; ")
+    assert sorted(left) == sorted([f"model version {name} 1", f"registered model {name}"])
+
+    with mlflow_server(store, s3_env, "mlflow-killed") as again:
+        client = MlflowClient(again)
+        assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+        assert client.get_registered_model(name).aliases == {}
+
+
 def test_server_gone_between_the_version_and_the_alias_says_what_is_left(
         tracked_run, mlflow_env, monkeypatch):
     """The tracking server dies after the version exists and before `challenger` moves to
