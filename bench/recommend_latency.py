@@ -33,7 +33,7 @@ def saved_pyfunc(run: Path, out: Path):
     import mlflow.pyfunc
 
     from hllm.pyfunc_model import HLLMRecommender, signature
-    from hllm.registry import rebuild_model_dir, check_run_dir
+    from hllm.ranking_registration import check_run_dir, rebuild_model_dir
 
     config, metrics = check_run_dir(run)
     artifacts = rebuild_model_dir(run, config, metrics, out / "artifacts")

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from hllm.errors import ConfigError
+from hllm.tasks import get_task, task_names
 
 ARMS = ("control", "treatment", "holdout")
 # The registry aliases the platform moves (`hllm register` sets challenger, `hllm gate`
@@ -74,7 +75,6 @@ class Guardrail:
     min: float | None = None
 
 
-TASKS = ("ranking", "ctr")
 PROMOTE_WHEN = ("on_pass", "after_experiment")  # gate.promote
 # What `hllm ab readout` can measure from the exposure log (on the treatment arm; the
 # relative change is treatment against control).
@@ -221,8 +221,8 @@ def parse_ab_config(raw: dict[str, Any], source: str = "<dict>") -> ABConfig:
     if gate is not None:
         if gate.baseline_margin not in ("point", "interval"):
             errors.append(f"gate.baseline_margin: point or interval, got {gate.baseline_margin!r}")
-        if gate.task not in TASKS:
-            errors.append(f"gate.task: one of {', '.join(TASKS)}, got {gate.task!r}")
+        if gate.task not in task_names():
+            errors.append(f"gate.task: one of {', '.join(task_names())}, got {gate.task!r}")
         if gate.primary_metric not in gate.min_uplift:
             errors.append(f"gate.min_uplift: no entry for the primary metric {gate.primary_metric!r}")
         if gate.promote not in PROMOTE_WHEN:
@@ -288,8 +288,9 @@ def _check_segment_rules(gate: GateConfig, errors: list[str]) -> None:
     if not isinstance(gate.segments, dict):
         errors.append(f"gate.segments: a mapping of segment -> rules, got {gate.segments!r}")
         return
-    if gate.segments and gate.task != "ranking":
-        errors.append("gate.segments: only for gate.task: ranking (CTR is judged per scenario)")
+    if gate.segments and gate.task in task_names() and not get_task(gate.task).segments:
+        errors.append(f"gate.segments: gate.task {gate.task} has no per-user segments (only "
+                      f"ranking has; CTR is judged per scenario)")
     for name, rule in gate.segments.items():
         key = f"gate.segments.{name}"
         if name not in SEGMENT_NAMES:

@@ -4,12 +4,15 @@
     hllm rollback --ab-config configs/ab/hllm-rollout.yaml
 
 Evidence is read from the registry itself: each model version's source run holds the
-`metrics.json` and per-user `test_ranks.npy` of its evaluation. With a champion, the
-challenger must have been evaluated on the same split (same split_sha256), its uplift on
-the primary metric must clear the configured bar at the lower end of a paired bootstrap
-interval over users, and no other metric may fall below its bar (default: -tolerance).
-The first model ever is held to absolute floors instead. With `beat_baseline`, it must
-also be ahead of the ID baseline (SASRec) on the primary metric, on the same split.
+`metrics.json` and the per-unit file of its evaluation (per-user `test_ranks.npy` for
+ranking, per-row `test_predictions.npz` for CTR: the A/B config's `gate.task` names the
+task, hllm.tasks says how it is read and judged). With a champion, the challenger must
+have been evaluated on the same split (same split_sha256), its uplift on the primary
+metric must clear the configured bar at the lower end of a paired bootstrap interval
+(over users, or rows), and the task's other checks must pass (for ranking: no other
+metric below its bar, default -tolerance). The first model ever is held to absolute
+floors instead. With `beat_baseline`, it must also be ahead of the baseline (SASRec, or
+the CTR backbone alone) on the primary metric, on the same split.
 
 On pass, `previous-champion` is pointed at the old champion and `champion` at the
 challenger (undone if the second write fails), and the rollout plan is logged beside
@@ -38,21 +41,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
 from hllm import tracking
 from hllm.errors import BusyError, ConfigError, HLLMError
-from hllm.evaluate import paired_bootstrap, per_user_metric
 from hllm.experiment import ALIASES, ABConfig, load_ab_config
-from hllm.gate_rules import Check, Evidence, TaskRules
-from hllm.segments import load_masks
+from hllm.gate_rules import Check, Evidence
+from hllm.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = ALIASES
-METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 GATE_EXPERIMENT = "hllm-gate"
-SEGMENTS_FILE = "test_segments.npz"
 # Version tags `hllm ab promote` trusts: the gate passed this version ("true"/"false",
 # rewritten by every gate), for which experiment, and against which champion.
 APPROVED_TAG = "gate.approved"
@@ -88,49 +86,31 @@ class GateDecision:
 
 # ---------------------------------------------------------------- evidence
 
-# What each task's evidence is made of, and who writes it.
-EVIDENCE_FILES = {
-    "ranking": ("test_ranks.npy", "per-user test_ranks.npy (written by `hllm train`/`hllm evaluate`)"),
-    "ctr": ("test_predictions.npz", "per-row test_predictions.npz (written by `hllm msr train`)"),
-}
-
-
 def evidence_from_dir(path: str | Path, label: str | None = None, task: str = "ranking") -> Evidence:
-    """A run directory (or a directory holding metrics.json and the task's per-unit file)."""
-    path = Path(path)
-    name, writer = EVIDENCE_FILES[task]
-    metrics_file, unit_file = path / "metrics.json", path / name
-    for f in (metrics_file, unit_file):
-        if not f.is_file():
-            raise ConfigError(f"{f}: missing; the gate needs the evaluation's metrics.json and {writer}")
-    metrics = json.loads(metrics_file.read_text())
-    if task == "ctr":
-        with np.load(unit_file, allow_pickle=False) as z:
-            return Evidence(label or str(path), metrics, predictions={k: z[k] for k in z.files})
-    seg_file = path / SEGMENTS_FILE
-    return Evidence(label or str(path), metrics, ranks=np.load(unit_file, allow_pickle=False),
-                    segments=load_masks(seg_file) if seg_file.is_file() else None)
+    """A run directory (or a directory holding metrics.json and the task's evidence files)."""
+    return get_task(task).read_evidence(Path(path), label or str(path))
 
 
 def evidence_from_version(client, name: str, version: str, task: str = "ranking") -> Evidence:
+    """The evaluation logged with a version's source run, read as its task reads it."""
+    kind = get_task(task)
     run_id = client.get_model_version(name, version).run_id
     if not run_id:
         raise ConfigError(f"model {name} version {version} has no source run; register it with "
                           "`hllm register` so its evaluation travels with it")
-    unit_file = EVIDENCE_FILES[task][0]
     with tempfile.TemporaryDirectory(prefix="hllm-gate-") as tmp:
         try:
-            for artifact in ("metrics.json", unit_file):
+            for artifact in ("metrics.json", kind.evidence):
                 client.download_artifacts(run_id, artifact, tmp)
         except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds here
             raise ConfigError(f"model {name} version {version} (run {run_id}): cannot read its "
-                              f"metrics.json/{unit_file} artifacts: {exc}") from exc
-        if task == "ranking":
-            try:  # optional: versions registered before segments existed lack it
-                client.download_artifacts(run_id, SEGMENTS_FILE, tmp)
+                              f"metrics.json/{kind.evidence} artifacts: {exc}") from exc
+        for artifact in kind.optional_evidence:
+            try:  # versions registered before the file existed lack it; the rules say so
+                client.download_artifacts(run_id, artifact, tmp)
             except Exception:  # noqa: BLE001
-                log.info("%s v%s: no %s; segment rules will refuse it", name, version, SEGMENTS_FILE)
-        return evidence_from_dir(tmp, f"{name} v{version}", task)
+                log.info("%s v%s: no %s", name, version, artifact)
+        return kind.read_evidence(Path(tmp), f"{name} v{version}")
 
 
 def resolve_version(client, name: str, ref: str) -> str | None:
@@ -169,82 +149,10 @@ def check_models(cfg: ABConfig, client) -> None:
 
 # ---------------------------------------------------------------- the decision
 
-def ranking_rules(cfg: ABConfig) -> TaskRules:
-    """Full-ranking evidence: paired bootstrap over users; other metrics within tolerance."""
-    g = cfg.gate
-
-    def bootstrap(a: Evidence, b: Evidence) -> dict[str, float]:
-        return paired_bootstrap(a.ranks, b.ranks, g.primary_metric, samples=g.bootstrap_samples,
-                                seed=g.seed, level=g.confidence)
-
-    def vs_champion(chal: Evidence, champ: Evidence) -> list[Check]:
-        checks = []
-        for metric in METRICS:
-            if metric == g.primary_metric or metric not in chal.metrics or metric not in champ.metrics:
-                continue
-            diff = float(chal.metrics[metric]) - float(champ.metrics[metric])
-            floor = g.min_uplift.get(metric, -g.tolerance)
-            checks.append(Check(f"no regression {metric}", diff >= floor,
-                                f"{metric} diff {diff:+.4f} (must be >= {floor:+.4f})",
-                                {"diff": diff, "bar": floor}))
-        return checks
-
-    def vs_baseline(chal: Evidence, base: Evidence) -> list[Check]:
-        return [segment_check(name, rule, chal, base, g, "ID baseline")
-                for name, rule in g.segments.items()]
-
-    return TaskRules("ID baseline", bootstrap, vs_champion, vs_baseline)
-
-
-def segment_check(segment: str, rule: dict[str, float], chal: Evidence, other: Evidence,
-                  g, who: str) -> Check:
-    """gate.segments[segment] on the primary metric, over that segment's users only.
-
-    `min_uplift`: the lower end of the paired bootstrap interval must exceed it (a win
-    beyond the noise); `tolerance`: the difference may not be below -tolerance (no loss
-    beyond it). "overall" is every user. Refuses, naming the segment, when the evidence
-    has no per-user segments or the segment has no users on this split.
-    """
-    metric, name = g.primary_metric, f"segment {segment} vs {who}"
-    if segment == "overall":
-        mask = np.ones(len(chal.ranks), dtype=bool)
-    elif chal.segments is None:
-        return Check(name, False, f"segment {segment}: {chal.label} has no per-user segments "
-                                  "(test_segments.npz); evaluate it again with `hllm evaluate`")
-    else:
-        mask = chal.segments.get(segment)
-        if mask is None:
-            return Check(name, False, f"segment {segment}: not in {chal.label}'s evaluation")
-    n = int(mask.sum())
-    if n == 0:
-        return Check(name, False, f"segment {segment}: no users on this split (for a cold segment, "
-                                  "hold items out with data.cold_items)", {"users": 0})
-    ci = paired_bootstrap(chal.ranks[mask], other.ranks[mask], metric,
-                          samples=g.bootstrap_samples, seed=g.seed, level=g.confidence)
-    rules, passed = [], True
-    if "min_uplift" in rule:
-        passed &= ci["low"] > rule["min_uplift"]
-        rules.append(f"CI lower end must exceed {rule['min_uplift']:+.4f}")
-    if "tolerance" in rule:
-        passed &= ci["diff"] >= -rule["tolerance"]
-        rules.append(f"diff must be >= {-rule['tolerance']:+.4f}")
-    a = float(per_user_metric(chal.ranks[mask], metric).mean())
-    b = float(per_user_metric(other.ranks[mask], metric).mean())
-    return Check(name, bool(passed),
-                 f"segment {segment} ({n} users): {metric} {a:.4f} vs {who} {b:.4f}, diff "
-                 f"{ci['diff']:+.4f}, {g.confidence:.0%} CI {ci['low']:+.4f}..{ci['high']:+.4f}; "
-                 + " and ".join(rules), {**ci, "users": n, **rule})
-
-
 def decide(cfg: ABConfig, challenger: Evidence, champion: Evidence | None,
            baseline: Evidence | None) -> list[Check]:
     """Every check the gate applies, in order; pure (no registry access)."""
-    if cfg.gate.task == "ctr":
-        from hllm.msr.gate_checks import ctr_rules
-
-        rules = ctr_rules(cfg)
-    else:
-        rules = ranking_rules(cfg)
+    rules = get_task(cfg.gate.task).gate_rules(cfg)
     g = cfg.gate
     primary = g.primary_metric
     checks: list[Check] = []

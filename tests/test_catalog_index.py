@@ -98,7 +98,19 @@ def test_save_load_round_trip_and_a_file_for_another_table(tmp_path):
         search(loaded, np.zeros((1, 16), np.float32), [10], [()])
 
 
-def test_index_ships_only_above_the_threshold_and_agrees_with_exact(tmp_path, monkeypatch):
+@pytest.fixture
+def own_tracking_uri(monkeypatch):
+    """This test points mlflow's process-wide URI at its own store: put it back after, or
+    later tests in the process (an in-process `hllm train`) log there."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    yield
+    mlflow.set_tracking_uri(before)
+
+
+def test_index_ships_only_above_the_threshold_and_agrees_with_exact(tmp_path, monkeypatch,
+                                                                    own_tracking_uri):
     import mlflow
 
     from hllm.registry import register
@@ -150,7 +162,7 @@ def _pyfunc(uri: str, name: str, version: str):
 
 def test_threshold_is_checked_and_the_cli_default_is_the_library_default(tmp_path):
     from hllm.cli import build_parser
-    from hllm.registry import prepare
+    from hllm.ranking_registration import prepare
 
     args = build_parser().parse_args(["register", "--run", "runs/x"])
     assert args.exact_max_items == EXACT_MAX_ITEMS == 100_000

@@ -99,7 +99,7 @@ def test_register_then_reproduce_in_a_fresh_process(tracked_run, mlflow_env, tmp
     assert f"registered {name} version 1 (alias challenger)" in cli.stdout
     champion = client.get_model_version_by_alias(name, "challenger").version
     client.set_registered_model_alias(name, "champion", champion)
-    second = register(run_dir, name, onnx_name, validation=validation)
+    second = register(run_dir, name, onnx_name=onnx_name, validation=validation)
     assert [v.name for v in second.versions] == [name, onnx_name]
     new = second.versions[0].version
     assert new != champion
@@ -203,7 +203,7 @@ def test_bad_input_registers_nothing(tracked_run, mlflow_env, tmp_path, monkeypa
         expected = (DataError, "the split differs")
     name = f"hllm-bad-{damage.replace('_', '-')}"
     with pytest.raises(expected[0], match=expected[1]) as info:
-        register(run_dir, name, name + "-onnx")
+        register(run_dir, name, onnx_name=name + "-onnx")
     assert str(run_dir) in str(info.value) or damage == "other_data"
     client = MlflowClient(mlflow_env)
     for model in (name, name + "-onnx"):

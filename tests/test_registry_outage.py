@@ -97,7 +97,6 @@ def test_library_calls_put_mlflows_process_wide_tracking_uri_back(monkeypatch):
         assert mlflow.get_tracking_uri() == "http://127.0.0.1:2" == os.environ["MLFLOW_TRACKING_URI"]
     finally:  # this test moved the process-wide URI itself: later tests in this worker must not see it
         mlflow.set_tracking_uri(before)
-    for fn in ("hllm.registry.register", "hllm.gate.gate", "hllm.tracking.log_run",
-               "hllm.msr.registry.register_msr"):
+    for fn in ("hllm.registry.register", "hllm.gate.gate", "hllm.tracking.log_run"):
         module, name = fn.rsplit(".", 1)
         assert getattr(__import__(module, fromlist=[name]), name).__wrapped__, fn

@@ -22,7 +22,7 @@ import yaml
 from conftest import untrained_run
 from hllm import user_tower_onnx
 from hllm.pyfunc_model import USER_TOWER_FILE, HLLMRecommender
-from hllm.registry import rebuild_model_dir
+from hllm.ranking_registration import rebuild_model_dir
 
 
 def artifacts(run: Path, out: Path, user_tower: str = "onnx") -> dict[str, str]:
@@ -144,7 +144,7 @@ def test_eager_registration_and_serving_without_onnxruntime(shipped, tmp_path, m
 
 def test_an_unknown_user_tower_is_refused_before_anything_is_read(tmp_path):
     from hllm.errors import ConfigError
-    from hllm.registry import prepare
+    from hllm.ranking_registration import prepare
 
     with pytest.raises(ConfigError, match="user_tower must be one of onnx, eager, got 'gpu'"):
         prepare(tmp_path / "no-such-run", tmp_path, onnx=False, onnx_dir=None,

@@ -2,25 +2,24 @@
 
     hllm msr register --run runs/msr --validation runs/msr/validation --name llm4msr
 
-Same contract as `hllm register`: every input is checked first (the run rebuilds, its
-split matches the data as it is now, the validation report passed), then one MLflow
-run gets params, per-scenario metrics, the evaluation artifacts the gate reads
-(metrics.json, test_predictions.npz) and the pyfunc model; a version with lineage tags
-is created and gets alias `challenger`. A failure after the first registry write
-undoes what this call created.
+The CTR task's part of `hllm.registry.register` (the shared part creates the version,
+sets `challenger` and undoes what it created on failure): every input is checked first
+(the run rebuilds, its split matches the data as it is now, the validation report
+passed), then one MLflow run gets params, per-scenario metrics, the evaluation artifacts
+the gate reads (metrics.json, test_predictions.npz) and the pyfunc scorer.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import warnings
 from pathlib import Path
 
 from hllm import lineage, tracking
 from hllm.errors import ConfigError, DataError
-from hllm.registry import ALIAS, Registration, code_dir, Rollback, run_tracking_uri
+from hllm.registry import Registration, code_dir, register
+from hllm.tasks import ModelToRegister, RegistrationPlan
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +60,19 @@ def _metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-@tracking.keeps_tracking_uri
-def register_msr(run_dir: str | Path, name: str = "llm4msr", *, validation: str | Path | None = None,
-                 feature_repo: str | Path | None = None, pipeline_run_id: str | None = None,
-                 tracking_uri: str | None = None, experiment: str | None = None) -> Registration:
-    import mlflow
-    from mlflow.tracking import MlflowClient
+def register_msr(run_dir: str | Path, name: str = "llm4msr", **options) -> Registration:
+    """`hllm.registry.register` of a CTR run (options: validation, feature_repo,
+    pipeline_run_id, tracking_uri, experiment)."""
+    return register(run_dir, name, task="ctr", **options)
 
+
+def plan(run_dir: Path, workdir: Path, *, name: str = "llm4msr",
+         validation: str | Path | None = None, feature_repo: str | Path | None = None,
+         pipeline_run_id: str | None = None) -> RegistrationPlan:
+    """Every check of the run now; the MLflow run and the scorer in `log`."""
     from hllm.msr.pyfunc_model import MSRScorer, signature, write_artifacts
     from hllm.pyfunc_model import pip_requirements
 
-    run_dir = Path(run_dir)
-    uri = run_tracking_uri(run_dir, tracking_uri)
-    tracking.check_server(uri)
     run, vtags = _check(run_dir, validation)
     features = lineage.feature_view_versions(Path(feature_repo)) if feature_repo else None
     m = run.metrics
@@ -83,43 +82,39 @@ def register_msr(run_dir: str | Path, name: str = "llm4msr", *, validation: str 
         features=features, pipeline_run=lineage.pipeline_run_id(pipeline_run_id),
         extra={"run_dir": run_dir.resolve(), "test_auc": f"{m['auc']:.6f}",
                "test_logloss": f"{m['logloss']:.6f}", "task": "ctr"})
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    exp_name = experiment or EXPERIMENT
-    with Rollback(client, f"{run_dir}: registering in MLflow at {uri}") as rollback:
+
+    def log_models(client, uri: str, experiment: str | None) -> tuple[str, list[ModelToRegister]]:
+        import mlflow
+
+        exp_name = experiment or EXPERIMENT
         exp = client.get_experiment_by_name(exp_name)
         exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
-        with tempfile.TemporaryDirectory(prefix="hllm-msr-register-") as tmp:
-            artifacts = write_artifacts(run_dir, Path(tmp) / "run")
-            with mlflow.start_run(experiment_id=exp_id, run_name=run_dir.name,
-                                  tags={"hllm.model": m["model"], "hllm.task": "ctr",
-                                        "hllm.split_sha256": m["split_sha256"],
-                                        "hllm.run_dir": str(run_dir.resolve())}) as active:
-                run_id = active.info.run_id
-                params = tracking.flatten({**run.config.to_dict(), "run": run.info})
-                mlflow.log_params({k: v[:6000] for k, v in params.items()})
-                mlflow.log_metrics(_metrics(m))
-                for record in m.get("history", []):
-                    mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch"},
-                                       step=int(record["epoch"]))
-                for artifact in EVIDENCE:
-                    mlflow.log_artifact(str(run_dir / artifact))
-                if validation is not None:
-                    vpath = Path(validation)
-                    for f in ([vpath / "validation.json", vpath / "validation.html"] if vpath.is_dir() else [vpath]):
-                        if f.is_file():
-                            mlflow.log_artifact(str(f), "validation")
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*input example was not provided")
-                    info = mlflow.pyfunc.log_model(
-                        name="scorer", python_model=MSRScorer(), artifacts=artifacts,
-                        signature=signature(), code_paths=[str(code_dir(Path(tmp)))],
-                        pip_requirements=pip_requirements())
-        tags = {**tags, "mlflow_run_id": run_id}
-        rollback.ensure_model(name)
-        version = rollback.create_version(
-            name, info, run_id, tags,
-            f"{m['model']} from {run_dir.name}: test AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
-        rollback.set_alias(name, version.version)
-    log.info("registered %s version %s as %s", name, version.version, ALIAS)
-    return Registration(run_id=run_id, tags=tags, versions=[version])
+        artifacts = write_artifacts(run_dir, workdir / "run")
+        with mlflow.start_run(experiment_id=exp_id, run_name=run_dir.name,
+                              tags={"hllm.model": m["model"], "hllm.task": "ctr",
+                                    "hllm.split_sha256": m["split_sha256"],
+                                    "hllm.run_dir": str(run_dir.resolve())}) as active:
+            params = tracking.flatten({**run.config.to_dict(), "run": run.info})
+            mlflow.log_params({k: v[:6000] for k, v in params.items()})
+            mlflow.log_metrics(_metrics(m))
+            for record in m.get("history", []):
+                mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch"},
+                                   step=int(record["epoch"]))
+            for artifact in EVIDENCE:
+                mlflow.log_artifact(str(run_dir / artifact))
+            if validation is not None:
+                vpath = Path(validation)
+                for f in ([vpath / "validation.json", vpath / "validation.html"] if vpath.is_dir() else [vpath]):
+                    if f.is_file():
+                        mlflow.log_artifact(str(f), "validation")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*input example was not provided")
+                info = mlflow.pyfunc.log_model(
+                    name="scorer", python_model=MSRScorer(), artifacts=artifacts,
+                    signature=signature(), code_paths=[str(code_dir(workdir))],
+                    pip_requirements=pip_requirements())
+        return active.info.run_id, [ModelToRegister(
+            name, info, f"{m['model']} from {run_dir.name}: test AUC {m['auc']:.4f}, "
+                        f"logloss {m['logloss']:.4f}")]
+
+    return RegistrationPlan(tags=tags, log=log_models)

@@ -18,9 +18,7 @@ import copy
 import logging
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
