@@ -107,6 +107,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     checkpoint_every: int = 0  # steps; 0 = only at the end of each epoch
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
+    log_every: int = 10  # optimizer steps between loss lines in log.jsonl
     seed: int = 42
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
     # Deterministic kernels (hllm.determinism): auto = on for CPU training, where two runs
@@ -389,6 +390,7 @@ def read_config_file(config_file: str | Path) -> tuple[str | None, dict[str, Any
 AT_LEAST = {"train.epochs": 1, "train.batch_size": 1, "train.grad_accum": 1,
             "train.num_negatives": 1, "train.eval_batch_size": 1, "train.weight_decay": 0,
             "train.checkpoint_every": 0, "train.max_steps": 0, "train.num_threads": 0,
+            "train.log_every": 1,
             "train.patience": 0, "data.max_history": 1,
             "train.max_grad_norm": 0}  # 0: no clipping (bench/ml1m.py's published setting)
 ABOVE = {"train.lr": 0, "train.logit_scale_init": 0,

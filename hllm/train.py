@@ -371,7 +371,7 @@ class Trainer:
             bar.update(1)
             if lines is not None:
                 lines.update(1)
-            if self.dist.is_main and st.global_step % 10 == 0:
+            if self.dist.is_main and st.global_step % cfg.train.log_every == 0:
                 self._log_event({"step": st.global_step, "epoch": st.epoch, "loss": loss, **stats})
             if cfg.train.checkpoint_every and st.global_step % cfg.train.checkpoint_every == 0:
                 self._save_checkpoint()

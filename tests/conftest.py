@@ -90,6 +90,11 @@ def toy_data(tmp_path) -> Path:
 SERVER_FIXTURES = {"s3_endpoint", "s3_env", "mlflow_server_url", "mlflow_env"}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--record-losses", action="store_true",
+                     help="print the losses tests/test_recorded_loss.py pins instead of checking them")
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark every test that starts a server (through these fixtures) `server`: the fast tier
     (`make test-fast`: -m "fast and not server") leaves it out whatever its module says."""
