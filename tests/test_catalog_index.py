@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import untrained_run
+from helpers import untrained_run
 from hllm.catalog_index import (EXACT_MAX_ITEMS, INDEX_FILE, IndexParams, build_index,
                                 load_index, save_index, search)
 from hllm.errors import ConfigError, DataError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_recbole
+from helpers import write_recbole
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_train_then_evaluate_and_compare(tmp_path, toy_data):
     assert [ln.split()[0] for ln in lines if ln.strip()] == ["overall", "warm", "long_tail", "cold"]
     assert "+0.0000 (+0.0000 .. +0.0000)" in lines[1]
     # Another dataset's split never overwrites the run's own metrics.json.
-    from conftest import synthetic_rows
+    from helpers import synthetic_rows
 
     inter, items = synthetic_rows(seed=1)
     other = write_recbole(tmp_path / "other", inter, items)
@@ -105,7 +105,7 @@ def test_features_build_takes_a_relative_run_directory(tmp_path, toy_data):
 
 
 def test_msr_stats_through_the_cli(tmp_path):
-    from conftest import ML100K
+    from helpers import ML100K
 
     result = hllm("msr", "stats", "--data", str(ML100K))
     assert result.returncode == 0, result.stderr

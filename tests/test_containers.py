@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ML100K
+from tests.helpers import ML100K
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = os.environ.get("HLLM_TEST_IMAGE", "localhost/hllm:cpu")

@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 import pytest
 
-from conftest import ML100K, synthetic_rows, write_recbole
+from helpers import ML100K, synthetic_rows, write_recbole
 from hllm.config import DataConfig
 from hllm.data.readers import read_dataset
 from hllm.data.split import build_split

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
-from conftest import write_recbole
+from helpers import write_recbole
 from hllm.errors import DataError, SaveError
 from hllm.features import add_items, build_features, user_histories_as_of
 

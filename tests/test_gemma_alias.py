@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from hllm.config import GEMMA3, ItemLLMConfig
 from hllm.errors import ConfigError
 from hllm.models.pretrained import (GEMMA3_270M, PackagedModel, decoder_layers, join_parts,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import ML100K
+from helpers import ML100K
 from hllm.errors import DataError
 from hllm.msr.data import check_msr_rows, encode, genre_scenario, load_rows, scenario_stats
 
@@ -76,7 +76,7 @@ def test_bad_labels_and_empty_scenarios_are_reported_together_with_rows():
 
 
 def test_non_numeric_rating_names_the_row(tmp_path):
-    from conftest import write_recbole
+    from helpers import write_recbole
 
     d = write_recbole(tmp_path / "bad", [(1, 1, 5, 100), (1, 2, "five", 101)],
                       [(1, "A", "Action"), (2, "B", "Drama")])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 
 STEPS = ("validate", "features", "knowledge", "train_backbone", "train_llm4msr",
          "evaluate_backbone", "evaluate_llm4msr", "register", "gate")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ML100K, ROOT
+from helpers import ML100K, ROOT
 from hllm.cli import main as cli
 from hllm.errors import ConfigError, DataError
 from hllm.experiment import load_ab_config

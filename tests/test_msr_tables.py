@@ -94,7 +94,7 @@ def test_the_tables_own_scenario_column_is_used_without_a_flag(tmp_path):
 
 
 def test_genres_match_whatever_their_spelling_and_the_unmatched_are_reported(tmp_path, caplog):
-    from conftest import write_recbole
+    from helpers import write_recbole
 
     assert genre_scenario("Children") == genre_scenario("CHILDREN'S") == "family"
     assert genre_scenario("sci-fi Comedy") == genre_scenario("SciFi") == "action"

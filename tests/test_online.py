@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import synthetic_rows, write_recbole
+from helpers import synthetic_rows, write_recbole
 from servers import S3_TEST_CREDENTIALS, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import ML100K
+from helpers import ML100K
 from hllm import onnx_export
 from hllm.config import cpu_default, cpu_tiny
 from hllm.errors import ConfigError, HLLMError

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import synthetic_rows, write_recbole
+from helpers import synthetic_rows, write_recbole
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from conftest import ML100K
+from helpers import ML100K
 from hllm.config import cpu_default
 from hllm.data.readers import read_dataset
 from hllm.data.split import build_split

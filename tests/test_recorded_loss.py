@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import synthetic_rows, write_recbole
+from helpers import synthetic_rows, write_recbole
 from hllm.config import load_config
 from hllm.train import train
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MLFLOW_BUCKET, synthetic_rows, write_recbole
+from helpers import MLFLOW_BUCKET, synthetic_rows, write_recbole
 from servers import S3_TEST_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[1]

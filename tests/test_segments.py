@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ML100K, write_recbole
+from helpers import ML100K, write_recbole
 from hllm.config import DataConfig
 from hllm.data.readers import read_dataset
 from hllm.data.split import build_split

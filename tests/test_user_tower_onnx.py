@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import untrained_run
+from helpers import untrained_run
 from hllm import user_tower_onnx
 from hllm.pyfunc_model import USER_TOWER_FILE, HLLMRecommender
 from hllm.ranking_registration import rebuild_model_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ML100K, write_recbole
+from helpers import ML100K, write_recbole
 from hllm.validation import validate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
