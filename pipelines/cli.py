@@ -14,20 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 
-DEFAULT_PACKAGE = "hllm-training.yaml"
-
-
-def _compiler(pipeline: str):
-    if pipeline == "llm4msr":
-        from pipelines.msr import compile_pipeline
-    else:
-        from pipelines.training import compile_pipeline
-    return compile_pipeline
+from pipelines.catalog import DEFAULT, PIPELINES, choices_help, get_pipeline
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    out = args.out or (DEFAULT_PACKAGE if args.pipeline == "hllm" else f"{args.pipeline}-training.yaml")
-    print(f"wrote {_compiler(args.pipeline)(out)}")
+    spec = get_pipeline(args.pipeline)
+    print(f"wrote {spec.compile(args.out or spec.package)}")
     return 0
 
 
@@ -44,15 +36,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """Compile (unless --package is given) and create a run on a KFP API server."""
     import kfp
 
-    from pipelines.local_run import DEFAULTS
-
-    package = args.package or _compiler(args.pipeline)(
-        DEFAULT_PACKAGE if args.pipeline == "hllm" else f"{args.pipeline}-training.yaml")
-    ab_default, name_default = DEFAULTS[args.pipeline]
-    preset = args.preset or ("hllm-1b" if args.pipeline == "hllm" else "cpu-default")
-    params = {"data": args.data, "preset": preset,
-              "ab_config": args.ab_config or f"configs/ab/{ab_default.name}",
-              "registered_name": args.registered_name or name_default,
+    spec = get_pipeline(args.pipeline)
+    package = args.package or spec.compile(spec.package)
+    params = {"data": args.data, "preset": args.preset or spec.cluster_preset,
+              "ab_config": args.ab_config or f"configs/ab/{spec.ab_config.name}",
+              "registered_name": args.registered_name or spec.registered_name,
               "tracking_uri": args.tracking_uri, **json.loads(args.params or "{}")}
     client = kfp.Client(host=args.host, namespace=args.namespace)
     run = client.create_run_from_pipeline_package(
@@ -71,9 +59,8 @@ def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="pipeline_command", required=True)
 
     p = sub.add_parser("compile", help="write the pipeline's IR YAML")
-    p.add_argument("--pipeline", default="hllm", choices=("hllm", "llm4msr"),
-                   help="hllm: HLLM + SASRec (default); llm4msr: multi-scenario CTR")
-    p.add_argument("--out", default=None, help="default: hllm-training.yaml / llm4msr-training.yaml")
+    p.add_argument("--pipeline", default=DEFAULT, choices=tuple(PIPELINES), help=choices_help())
+    p.add_argument("--out", default=None, help="default: <pipeline>-training.yaml")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run the whole pipeline on this machine (kfp.local)")
@@ -87,12 +74,13 @@ def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--namespace", default=None, help="Kubeflow namespace (default: the client's)")
     p.add_argument("--package", help="a compiled IR YAML (default: compile now)")
     p.add_argument("--data", required=True, help="dataset URI as the pods see it (s3://...)")
-    p.add_argument("--pipeline", default="hllm", choices=("hllm", "llm4msr"),
-                   help="hllm: HLLM + SASRec (default); llm4msr: multi-scenario CTR")
-    p.add_argument("--preset", default=None, help="default: hllm-1b (hllm), cpu-default (llm4msr)")
+    p.add_argument("--pipeline", default=DEFAULT, choices=tuple(PIPELINES), help=choices_help())
+    p.add_argument("--preset", default=None, help="default: " + ", ".join(
+        f"{spec.cluster_preset} ({spec.name})" for spec in PIPELINES.values()))
     p.add_argument("--ab-config", default=None,
                    help="path inside the image (default: configs/ab/<pipeline>-rollout.yaml)")
-    p.add_argument("--registered-name", default=None, help="default: hllm / llm4msr")
+    p.add_argument("--registered-name", default=None, help="default: " + " / ".join(
+        spec.registered_name for spec in PIPELINES.values()))
     p.add_argument("--tracking-uri", required=True, help="MLflow as the pods reach it")
     p.add_argument("--params", help='more pipeline parameters as JSON, e.g. \'{"max_history": 50}\'')
     p.add_argument("--experiment", default="hllm", help="KFP experiment the run is filed under")

@@ -33,18 +33,14 @@ from typing import Any, Iterator
 
 from hllm.errors import ConfigError
 from pipelines import containers
+from pipelines.catalog import DEFAULT, PIPELINES, choices_help, get_pipeline
 from pipelines.step_log import routed
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_AB_CONFIG = ROOT / "configs" / "ab" / "hllm-rollout.yaml"
 CACHE_DIR = ".kfp-cache"
 CACHE_DIRS = {"subprocess": CACHE_DIR, "docker": ".kfp-cache-docker"}
 RUNNERS = tuple(CACHE_DIRS)
 CONTAINER_CACHE = ".container-cache"  # HLLM_CACHE of the steps run in containers
-PIPELINES = ("hllm", "llm4msr")
-# Per pipeline: A/B config (gate), registered model name.
-DEFAULTS = {"hllm": (DEFAULT_AB_CONFIG, "hllm"),
-            "llm4msr": (ROOT / "configs" / "ab" / "llm4msr-rollout.yaml", "llm4msr")}
 
 
 @dataclass
@@ -116,7 +112,7 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
               ab_config: str | Path | None = None, registered_name: str | None = None,
               onnx_name: str = "hllm-item-llm", config_file: str = "",
               max_history: int = 50, min_user_interactions: int = 3,
-              caching: bool = True, platform=None, pipeline: str = "hllm",
+              caching: bool = True, platform=None, pipeline: str = DEFAULT,
               verbose: bool = False, runner: str = "subprocess",
               image: str | None = None) -> LocalRun:
     """Run a training pipeline (hllm or llm4msr) locally end to end; returns the run and its summary.
@@ -134,18 +130,11 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
 
     import time
 
-    if pipeline not in PIPELINES:
-        raise ConfigError(f"unknown pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
+    spec = get_pipeline(pipeline)
     if runner not in RUNNERS:
         raise ConfigError(f"unknown runner {runner!r} (known: {', '.join(RUNNERS)})")
-    if pipeline == "hllm":
-        from hllm.report import write_report
-        from pipelines.training import build_pipeline
-    else:
-        from hllm.msr.report import write_report
-        from pipelines.msr import build_pipeline
-    ab_config = ab_config or DEFAULTS[pipeline][0]
-    registered_name = registered_name or DEFAULTS[pipeline][1]
+    ab_config = ab_config or spec.ab_config
+    registered_name = registered_name or spec.registered_name
 
     t0 = time.perf_counter()
     if tracking_uri:
@@ -196,10 +185,10 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
                         registered_name=registered_name, tracking_uri=uri,
                         max_history=max_history, pipeline_run_id=run_id,
                         report_uri=str(run_dir / "report.html"))
-            if pipeline == "hllm":
-                args.update(onnx_name=onnx_name, min_user_interactions=min_user_interactions)
+            own = {"onnx_name": onnx_name, "min_user_interactions": min_user_interactions}
+            args.update({key: own[key] for key in spec.local_args})
             with routed(run_dir / "logs", verbose=verbose) as step_log:
-                build_pipeline(platform)(**args)
+                spec.build(platform)(**args)
     found = _find_summary(pipeline_root)
     if found is None:
         failed = ", ".join(step_log.failed) or "a step"
@@ -211,7 +200,7 @@ def run_local(data: str | Path, *, preset: str = "cpu-default", runs_dir: str | 
         shutil.copyfile(run_dir / "validate" / "validation.html", run_dir / "report.html")
         summary["steps"] = steps
     else:
-        summary = write_report(run_dir, run_dir, steps=steps, pipeline_run_id=run_id)
+        summary = spec.write_report(run_dir, run_dir, steps=steps, pipeline_run_id=run_id)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)  # services and kfp.local included
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     point_latest(runs, run_id)
@@ -258,15 +247,8 @@ def describe(run: LocalRun) -> str:
     if s["status"] == "rejected":
         lines += [f"  validation failed: {f}" for f in s["validation"]["failed"]]
         return "\n".join(lines)
-    for name, model in s["models"].items():
-        m = model["metrics"]
-        if s.get("pipeline") == "llm4msr":
-            per = "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in m.items() if k.startswith("auc/"))
-            lines.append(f"  {model['model']:21s} AUC {m['auc']:.4f} logloss {m['logloss']:.4f} | {per}")
-            continue
-        lines.append(f"  {name:7s} " + "  ".join(f"{k} {m[k]:.4f}" for k in
-                                               ("recall@10", "recall@50", "recall@200", "ndcg@10")
-                                               if k in m))
+    spec = get_pipeline(s.get("pipeline", DEFAULT))
+    lines += [spec.model_line(name, model) for name, model in s["models"].items()]
     reg, gate = s["registry"], s["gate"]
     onnx = f"; ONNX max|diff| {s['onnx']['max_abs_diff']}" if s.get("onnx") else ""
     lines.append(f"  registered {reg['model_name']} version {reg['version']}{onnx}")
@@ -281,8 +263,7 @@ def describe(run: LocalRun) -> str:
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "ml-100k"),
                    help="dataset directory (default: ../shared/data/ml-100k)")
-    p.add_argument("--pipeline", default="hllm", choices=PIPELINES,
-                   help="hllm: HLLM + SASRec (the default); llm4msr: multi-scenario CTR")
+    p.add_argument("--pipeline", default=DEFAULT, choices=tuple(PIPELINES), help=choices_help())
     p.add_argument("--preset", default="cpu-default", help="a preset of the chosen pipeline's models")
     p.add_argument("--config", default="", help="YAML overriding the preset (train steps)")
     p.add_argument("--runs", default="runs", help="where runs/<run-id> and runs/latest go")
