@@ -17,7 +17,7 @@ def evaluate_model(data: str, model: Input[Model], evaluation: Output[Dataset],
     import os
     import shutil
 
-    from hllm.report import log_metrics, step_timer
+    from components.artifacts import log_metrics, step_timer
     from hllm.train import evaluate_run
 
     out = evaluation.path

@@ -11,7 +11,7 @@ def build_features(data: str, max_history: int, validation: Input[Dataset],
                    features: Output[Dataset]):
     """hllm.features.build_features into the artifact; validation was the gate upstream."""
     from hllm.features import build_features as build
-    from hllm.report import step_timer
+    from components.artifacts import step_timer
 
     with step_timer(features, "features"):
         # validate_data already ran GX on this data (its artifact is the input here).

@@ -13,7 +13,7 @@ def gate_model(version: str, ab_config: str, baseline: Input[Dataset], tracking_
     import shutil
 
     from hllm.gate import gate as decide
-    from hllm.report import step_timer
+    from components.artifacts import step_timer
 
     with step_timer(gate, "gate"):
         result = decide(version, ab_config, baseline=baseline.path,

@@ -14,7 +14,7 @@ def validate_msr_data(data: str, data_version: str, preset: str, config_file: st
 
     from hllm.msr.config import load_msr_config
     from hllm.msr.validation import validate_msr
-    from hllm.report import step_timer
+    from components.artifacts import step_timer
 
     with step_timer(validation, "validate"):
         cfg = load_msr_config(preset or None, config_file or None)
@@ -33,7 +33,7 @@ def msr_knowledge(data: str, data_version: str, preset: str, config_file: str,
 
     from hllm.msr.config import load_msr_config
     from hllm.msr.features import knowledge_features
-    from hllm.report import step_timer
+    from components.artifacts import step_timer
 
     with step_timer(knowledge, "knowledge"):
         result = knowledge_features(data, load_msr_config(preset or None, config_file or None),
@@ -49,7 +49,7 @@ def train_msr_backbone(data: str, data_version: str, preset: str, config_file: s
     """hllm.msr.run.train_run(llm4msr=False): the baseline the gate compares against."""
     from hllm.msr.config import load_msr_config
     from hllm.msr.run import train_run
-    from hllm.report import log_metrics, step_timer
+    from components.artifacts import log_metrics, step_timer
 
     with step_timer(model, "train_backbone"):
         result = train_run(load_msr_config(preset or None, config_file or None), data, model.path,
@@ -64,7 +64,7 @@ def train_msr_llm4msr(data: str, data_version: str, preset: str, config_file: st
     """hllm.msr.run.train_run(llm4msr=True) on the knowledge step's vectors (no LLM here)."""
     from hllm.msr.config import load_msr_config
     from hllm.msr.run import train_run
-    from hllm.report import log_metrics, step_timer
+    from components.artifacts import log_metrics, step_timer
 
     with step_timer(model, "train_llm4msr"):
         result = train_run(load_msr_config(preset or None, config_file or None), data, model.path,
@@ -78,7 +78,7 @@ def evaluate_msr(data: str, model: Input[Model], evaluation: Output[Dataset],
                  metrics: Output[Metrics]):
     """hllm.msr.run.evaluate_run: metrics.json + test_predictions.npz, the gate's evidence."""
     from hllm.msr.run import evaluate_run
-    from hllm.report import log_metrics, step_timer
+    from components.artifacts import log_metrics, step_timer
 
     with step_timer(evaluation, "evaluate"):
         result = evaluate_run(model.path, evaluation.path, data)
@@ -96,7 +96,7 @@ def register_msr_model(model: Input[Model], validation: Input[Dataset], knowledg
     import shutil
 
     from hllm.msr.registry import register_msr
-    from hllm.report import step_timer
+    from components.artifacts import step_timer
 
     run = os.path.join(registration.path, "run")
     shutil.copytree(model.path, run)
@@ -120,9 +120,9 @@ def report_msr(validation: Input[Dataset], features: Input[Dataset], knowledge: 
                llm4msr_evaluation: Input[Dataset], registration: Input[Dataset],
                gate: Input[Dataset], tracking_uri: str, report_uri: str, pipeline_run_id: str,
                report: Output[HTML], summary: Output[Artifact]):
-    """hllm.report.publish_report with hllm.msr.report's writer; links it from the version."""
+    """components.artifacts.publish_report with hllm.msr.report's writer; links it from the version."""
+    from components.artifacts import publish_report
     from hllm.msr.report import write_report
-    from hllm.report import publish_report
 
     steps = {"validate": validation, "features": features, "knowledge": knowledge,
              "train_backbone": backbone, "train_llm4msr": llm4msr,

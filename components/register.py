@@ -22,7 +22,7 @@ def register_model(model: Input[Model], onnx: Input[Model], validation: Input[Da
     import shutil
 
     from hllm.registry import register
-    from hllm.report import step_timer
+    from components.artifacts import step_timer
 
     run = os.path.join(registration.path, "run")
     shutil.copytree(model.path, run, ignore=shutil.ignore_patterns("checkpoint*"))

@@ -13,8 +13,8 @@ def report_run(validation: Input[Dataset], features: Input[Dataset], hllm: Input
                registration: Input[Dataset], gate: Input[Dataset], tracking_uri: str,
                report_uri: str, pipeline_run_id: str, report: Output[HTML],
                summary: Output[Artifact]):
-    """hllm.report.publish_report over the step artifacts; links the report from the version."""
-    from hllm.report import publish_report
+    """components.artifacts.publish_report over the step artifacts; links the report from the version."""
+    from components.artifacts import publish_report
 
     steps = {"validate": validation, "features": features, "train_hllm": hllm,
              "train_sasrec": sasrec, "evaluate_hllm": hllm_evaluation,
@@ -30,7 +30,8 @@ def data_rejected(validation: Input[Dataset], pipeline_run_id: str, report: Outp
     """The end of a run whose data failed validation: its output is the validation report."""
     import shutil
 
-    from hllm.report import step_record, write_rejected
+    from components.artifacts import step_record
+    from hllm.report import write_rejected
 
     result = write_rejected(validation.path, summary.path, pipeline_run_id=pipeline_run_id,
                             steps={"validate": step_record(validation)})

@@ -23,7 +23,7 @@ def train_hllm(data: str, data_version: str, preset: str, config_file: str,
                gpus_per_node: int = 1, job_image: str = ""):
     """hllm.pytorchjob.train_placed("hllm"): config.yaml, best/, log.jsonl, metrics.json."""
     from hllm.pytorchjob import train_placed
-    from hllm.report import log_metrics, step_timer
+    from components.artifacts import log_metrics, step_timer
 
     with step_timer(model, "train_hllm"):
         result = train_placed("hllm", data, model.path, preset=preset, config_file=config_file,
@@ -40,7 +40,7 @@ def train_sasrec(data: str, data_version: str, preset: str, config_file: str,
                  gpus_per_node: int = 1, job_image: str = ""):
     """hllm.pytorchjob.train_placed("sasrec"): the baseline the gate compares against."""
     from hllm.pytorchjob import train_placed
-    from hllm.report import log_metrics, step_timer
+    from components.artifacts import log_metrics, step_timer
 
     with step_timer(model, "train_sasrec"):
         result = train_placed("sasrec", data, model.path, preset=preset, config_file=config_file,

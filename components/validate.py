@@ -12,7 +12,7 @@ def validate_data(data: str, data_version: str, min_user_interactions: int, text
     """hllm.validation.validate_dataset; `data_version` only keys the cache (content + code)."""
     import shutil
 
-    from hllm.report import step_timer
+    from components.artifacts import step_timer
     from hllm.validation import ValidationConfig, validate_dataset
 
     with step_timer(validation, "validate"):

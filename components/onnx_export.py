@@ -13,7 +13,7 @@ def export_onnx(model: Input[Model], precision: str, onnx: Output[Model]):
     import os
 
     from hllm.onnx_export import MANIFEST, export_item_llm
-    from hllm.report import step_timer
+    from components.artifacts import step_timer
 
     with step_timer(onnx, "export_onnx"):
         out = export_item_llm(model.path, onnx.path, [p for p in precision.split(",") if p])
