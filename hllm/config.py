@@ -17,6 +17,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from hllm.errors import ConfigError
+from hllm.yaml_file import load_yaml
 
 T = TypeVar("T")  # a config dataclass made of sections (Config, hllm.msr.config.MSRConfig)
 SMOLLM2 = "smollm2-135m"  # alias resolved by hllm.models.pretrained to a local HF directory
@@ -377,7 +378,7 @@ def read_config_file(config_file: str | Path) -> tuple[str | None, dict[str, Any
     path = Path(config_file)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    loaded = load_yaml(path) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = loaded.pop("base", None)

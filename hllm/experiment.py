@@ -23,6 +23,7 @@ import yaml
 
 from hllm.errors import ConfigError
 from hllm.tasks import get_task, task_names
+from hllm.yaml_file import load_yaml
 
 ARMS = ("control", "treatment", "holdout")
 # The registry aliases the platform moves (`hllm register` sets challenger, `hllm gate`
@@ -162,10 +163,7 @@ def load_ab_config(path: str | Path) -> ABConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such A/B config")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    raw = load_yaml(path, _StrictLoader)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of experiment fields")
     return parse_ab_config(raw, source=str(path))

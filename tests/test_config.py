@@ -74,3 +74,29 @@ def test_every_preset_and_shipped_config_is_in_range():
     assert shipped
     for path in shipped:
         load_config(None, path)
+
+
+@pytest.mark.parametrize("load", ["run", "msr", "ab"])
+def test_a_tab_indented_yaml_is_named_in_one_line(tmp_path, load):
+    """PyYAML says "found character '\\t' that cannot start any token": the operator is
+    told the file, the line and what to do instead."""
+    from hllm.experiment import load_ab_config
+    from hllm.msr.config import load_msr_config
+
+    path = tmp_path / "tabs.yaml"
+    path.write_text("train:\n\tepochs: 2\n")
+    read = {"run": lambda: load_config("cpu-tiny", path),
+            "msr": lambda: load_msr_config(None, path),
+            "ab": lambda: load_ab_config(path)}[load]
+    with pytest.raises(ConfigError) as info:
+        read()
+    assert str(info.value) == (f"{path}: line 2, column 1: a tab indents this line; "
+                               "YAML indents with spaces only")
+
+
+def test_yaml_that_does_not_parse_names_the_place(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: not valid YAML: line 3, column 1: "
+                                          r"expected ',' or ']'"):
+        load_config("cpu-tiny", path)
