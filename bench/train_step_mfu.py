@@ -125,8 +125,8 @@ def step_work(trainer: Trainer, group: list[list[int]], step: int) -> StepWork:
     work = StepWork()
     attn = 0.0
     for i, idx in enumerate(group):
-        seqs, mask = trainer._collate(idx)
-        negatives = trainer._negatives(step * len(group) + i)
+        seqs, mask = trainer.collate(idx)
+        negatives = trainer.negatives(step * len(group) + i)
         unique = torch.unique(torch.cat([seqs.flatten(), negatives])).tolist()
         lengths = [len(model.item_tokens[u]) + slot for u in unique]
         work.item_tokens += sum(lengths)
@@ -178,7 +178,7 @@ def run_steps(cfg: Config, args: argparse.Namespace, workdir: Path, steps: int, 
     trainer.setup()
     build_s = time.perf_counter() - t0
     device, rank = trainer.device, trainer.dist.rank
-    batches = trainer._epoch_batches(0)
+    batches = trainer.epoch_batches(0)
     accum = cfg.train.grad_accum
     groups = [batches[i: i + accum] for i in range(0, len(batches), accum)][: steps + warmup]
     if len(groups) < steps + warmup:
@@ -191,7 +191,7 @@ def run_steps(cfg: Config, args: argparse.Namespace, workdir: Path, steps: int, 
         work = step_work(trainer, group, step)
         _sync(device)
         t = time.perf_counter()
-        loss, _ = trainer._optimizer_step(group, step)
+        loss, _ = trainer.optimizer_step(group, step)
         _sync(device)
         if step >= warmup:
             times.append(time.perf_counter() - t)
@@ -408,15 +408,15 @@ def measure_cpu_peak(args: argparse.Namespace, workdir: Path, layers: int, hidde
         for p in trainer.model.parameters():
             p.data = p.data.to(torch.bfloat16)
     trainer.model.train()
-    groups = [[b] for b in trainer._epoch_batches(0)[:2]]
-    trainer._optimizer_step(groups[0], 0)  # allocates the AdamW states
+    groups = [[b] for b in trainer.epoch_batches(0)[:2]]
+    trainer.optimizer_step(groups[0], 0)  # allocates the AdamW states
     baseline = _live_tensor_bytes()
     t1 = time.perf_counter()
-    extra, leftover = _profiled_peak(lambda: trainer._optimizer_step(groups[1], 1))
+    extra, leftover = _profiled_peak(lambda: trainer.optimizer_step(groups[1], 1))
     step_s = time.perf_counter() - t1
     work = step_work(trainer, groups[1], 1)  # the step's real item and user token counts
-    seqs, _ = trainer._collate(groups[1][0])
-    distinct = len(torch.unique(torch.cat([seqs.flatten(), trainer._negatives(1)])))
+    seqs, _ = trainer.collate(groups[1][0])
+    distinct = len(torch.unique(torch.cat([seqs.flatten(), trainer.negatives(1)])))
     m = memory_inputs(cfg, 1, fsdp=True, item_len=item_len, label=label)
     return {"label": label, "inputs": m, "baseline": baseline, "extra": extra,
             "leftover": leftover, "measured": baseline + extra,

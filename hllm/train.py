@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -58,13 +57,13 @@ from hllm.distributed import (Dist, all_reduce_sum, barrier, full_optimizer_stat
                               shard_model)
 from hllm.errors import ConfigError, DataError, SaveError, first_line
 from hllm.validation import require_valid
-from hllm.evaluate import metrics_from_ranks, user_ranks
 from hllm.item_cache import load_or_compute_item_cache, load_or_compute_prefix_states
 from hllm.models.base import SequentialRecommender
 from hllm.models.hllm import HLLM
 from hllm.models.sasrec import SASRec
 from hllm.progress import Progress
-from hllm.segments import save_masks, segment_masks, segment_metrics
+from hllm.precision import autocast_context, fsdp_dtypes
+from hllm.run_evaluation import Evaluation, write_evidence, write_json
 
 log = logging.getLogger(__name__)
 
@@ -101,35 +100,6 @@ def load_split(data: str, cfg: Config) -> SplitData:
     return build_split(read_dataset(data, cfg.data.format), cfg.data)
 
 
-def uses_bf16(cfg: Config, device: torch.device) -> bool:
-    precision = cfg.train.precision
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
-    return precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-
-
-def autocast_context(cfg: Config, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(cfg, device) else nullcontext()
-
-
-def fsdp_dtypes(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
-    """(param_dtype, reduce_dtype) of the FSDP mixed-precision policy; None keeps fp32.
-
-    auto: bf16 compute copies of the parameters only on CUDA with bf16 (on CPU the
-    sharded run stays fp32, so it can be compared with one process exactly).
-    """
-    mode, reduce = cfg.train.fsdp_mixed_precision, cfg.train.fsdp_reduce_dtype
-    if mode not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"train.fsdp_mixed_precision must be auto, bf16 or fp32, got {mode!r}")
-    if reduce not in ("fp32", "bf16"):
-        raise ConfigError(f"train.fsdp_reduce_dtype must be fp32 or bf16, got {reduce!r}")
-    bf16 = mode == "bf16" or (mode == "auto" and device.type == "cuda" and uses_bf16(cfg, device))
-    if not bf16:
-        return None, None
-    return torch.bfloat16, (torch.bfloat16 if reduce == "bf16" else torch.float32)
-
-
 def lr_lambda(total_steps: int, warmup_ratio: float):
     warmup = max(1, int(total_steps * warmup_ratio))
 
@@ -157,6 +127,24 @@ def saved_state_dict(model: SequentialRecommender, cfg: Config,
         state = {k: v for k, v in state.items()
                  if not k.startswith("item_llm.backbone.") or k in learned}
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def model_on_device(cfg: Config, model_name: str, split: SplitData, device: torch.device,
+                    dist: Dist, progress: bool, timings: dict[str, float]) -> SequentialRecommender:
+    """The run's model built (seeded) on `device`, with what its Item LLM caches: the
+    frozen Item LLM's item embeddings, or the hidden states below a top-k fine-tune."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, model_name, split).to(device)
+    if isinstance(model, HLLM) and model.item_llm.frozen:
+        t0 = time.perf_counter()
+        load_or_compute_item_cache(model, cfg, device, dist, progress)
+        timings["item_cache_s"] = time.perf_counter() - t0
+    elif (isinstance(model, HLLM) and cfg.item_llm.trainable == "top-k"
+          and cfg.item_llm.prefix_cache):
+        t0 = time.perf_counter()
+        load_or_compute_prefix_states(model, cfg, device, dist, progress)
+        timings["item_cache_s"] = time.perf_counter() - t0
+    return model
 
 
 def load_weights(model: SequentialRecommender, path: Path) -> None:
@@ -274,17 +262,8 @@ class Trainer:
         self.split = load_split(self.data, self.cfg)
         self.timings["load_data_s"] = time.perf_counter() - t0
         self.windows = self.split.train_windows(self.cfg.data.max_history)
-        torch.manual_seed(self.cfg.train.seed)
-        self.model = build_model(self.cfg, self.model_name, self.split).to(self.device)
-        if isinstance(self.model, HLLM) and self.model.item_llm.frozen:
-            t0 = time.perf_counter()
-            load_or_compute_item_cache(self.model, self.cfg, self.device, self.dist, self.progress)
-            self.timings["item_cache_s"] = time.perf_counter() - t0
-        elif (isinstance(self.model, HLLM) and self.cfg.item_llm.trainable == "top-k"
-              and self.cfg.item_llm.prefix_cache):
-            t0 = time.perf_counter()
-            load_or_compute_prefix_states(self.model, self.cfg, self.device, self.dist, self.progress)
-            self.timings["item_cache_s"] = time.perf_counter() - t0
+        self.model = model_on_device(self.cfg, self.model_name, self.split, self.device,
+                                     self.dist, self.progress, self.timings)
 
     def _steps_per_epoch(self) -> int:
         per_rank = len(self.windows) // self.dist.world_size
@@ -292,7 +271,7 @@ class Trainer:
         return max(1, micro // self.cfg.train.grad_accum)
 
     # ------------------------------------------------------------ data
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
         """This rank's micro-batches (window indices) for `epoch`, in a seeded order."""
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(self.windows), generator=g).tolist()
@@ -302,7 +281,8 @@ class Trainer:
         batches = [perm[i: i + b] for i in range(0, len(perm), b)]
         return batches[: self.steps_per_epoch * self.cfg.train.grad_accum]
 
-    def _collate(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def collate(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item-id windows `idx` as a zero-padded (ids, mask) pair on the device."""
         seqs = [self.windows[i] for i in idx]
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -310,7 +290,7 @@ class Trainer:
             ids[b, : len(s)] = torch.tensor(s)
         return ids.to(self.device), (ids > 0).to(self.device)
 
-    def _negatives(self, micro_step: int) -> torch.Tensor:
+    def negatives(self, micro_step: int) -> torch.Tensor:
         """This rank's slice of the step's global negative pool (uniform over all items but
         the held-out cold ones: sampling them as negatives would teach the model to rank
         exactly the items the cold segment asks for at the bottom)."""
@@ -350,7 +330,7 @@ class Trainer:
     def _train_epoch(self) -> None:
         cfg, st = self.cfg, self.state
         self.model.train()
-        batches = self._epoch_batches(st.epoch)
+        batches = self.epoch_batches(st.epoch)
         accum = cfg.train.grad_accum
         groups = [batches[i: i + accum] for i in range(0, len(batches), accum)]
         desc = f"epoch {st.epoch + 1}/{cfg.train.epochs}"
@@ -361,7 +341,7 @@ class Trainer:
                  if self.dist.is_main and not self.progress else None)
         t0, seen = time.perf_counter(), 0
         for group in groups[st.step_in_epoch:]:
-            loss, stats = self._optimizer_step(group, st.global_step)
+            loss, stats = self.optimizer_step(group, st.global_step)
             st.epoch_loss_sum += loss
             st.step_in_epoch += 1
             st.global_step += 1
@@ -384,9 +364,13 @@ class Trainer:
         if lines is not None:
             lines.close()
 
-    def _optimizer_step(self, group: list[list[int]], step: int) -> tuple[float, dict[str, float]]:
+    def optimizer_step(self, group: list[list[int]], step: int) -> tuple[float, dict[str, float]]:
+        """One optimizer step over the micro-batches of `group` (gradient accumulation);
+        the step's loss, averaged over all ranks, and its statistics. Public with
+        epoch_batches, collate and negatives: bench/train_step_mfu.py times steps one by
+        one exactly as training runs them."""
         cfg = self.cfg
-        collated = [self._collate(b) for b in group]
+        collated = [self.collate(b) for b in group]
         # Normalise by the number of predicted positions over the whole step and all ranks,
         # so the gradient equals that of one big batch, whatever the split into micro-batches.
         count = sum(int((m[:, 1:] & m[:, :-1]).sum()) for _, m in collated)
@@ -401,7 +385,7 @@ class Trainer:
             else:
                 sync = nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
             with sync, autocast_context(cfg, self.device):
-                loss_sum, _, stats = self.ddp(seqs, mask, self._negatives(step * len(collated) + i),
+                loss_sum, _, stats = self.ddp(seqs, mask, self.negatives(step * len(collated) + i),
                                               gather_with_grad, cfg.train.nce_threshold)
                 # DDP (and FSDP's reduce-scatter) average gradients over ranks; scale by world
                 # size to get the global sum.
@@ -442,29 +426,13 @@ class Trainer:
         st.epoch_loss_sum = 0.0
         self._save_checkpoint()
 
+    def evaluation(self) -> Evaluation:
+        """The model as it is now, scored the way `hllm evaluate` scores a saved run."""
+        return Evaluation(self.model, self.split, self.cfg, self.device, self.dist,
+                          progress=self.progress, fsdp=getattr(self, "fsdp", False))
+
     def evaluate(self, stage: str) -> dict[str, float]:
-        ranks = self.ranks(stage)
-        return metrics_from_ranks(ranks)
-
-    def ranks(self, stage: str) -> np.ndarray:
-        """Ranks for all users; under DDP each rank scores a slice and the slices are joined."""
-        users = list(range(self.split.num_users))[self.dist.rank::self.dist.world_size]
-        real = len(users)
-        if getattr(self, "fsdp", False):
-            # Every forward all-gathers parameters, so all ranks must run the same number of
-            # batches: pad the shorter slices with user 0 and drop those ranks afterwards.
-            users += [0] * (math.ceil(self.split.num_users / self.dist.world_size) - real)
-        with autocast_context(self.cfg, self.device):
-            mine = user_ranks(self.model, self.split, stage, max_len=self.cfg.data.max_history,
-                              device=self.device, batch_size=self.cfg.train.eval_batch_size,
-                              users=users, progress=self.progress)[:real]
-        if not self.dist.enabled:
-            return mine
-        import torch.distributed as dist
-
-        parts: list[Any] = [None] * self.dist.world_size
-        dist.all_gather_object(parts, mine)
-        return np.concatenate(parts)
+        return self.evaluation().metrics(stage)
 
     def finish(self) -> dict[str, Any]:
         """Reload the best weights, score validation and test, write metrics.json."""
@@ -473,23 +441,15 @@ class Trainer:
         if best.exists():
             load_weights(self.model, best)
         t0 = time.perf_counter()
-        test_ranks, valid_ranks = self.ranks("test"), self.ranks("valid")
-        test_segments = segment_masks(self.split, "test")
-        test = {**metrics_from_ranks(test_ranks),
-                "segments": segment_metrics(test_ranks, test_segments)}
-        valid = {**metrics_from_ranks(valid_ranks),
-                 "segments": segment_metrics(valid_ranks, segment_masks(self.split, "valid"))}
+        scores = self.evaluation().score()
         self.timings["evaluate_s"] = time.perf_counter() - t0
-        result = {**test, "valid": valid, "model": self.model_name, "preset": self.cfg.preset,
-                  "best_epoch": self.state.best_epoch, "epochs_run": self.state.epoch,
-                  "num_users": self.split.num_users, "num_items": self.split.num_items,
-                  "split_sha256": self.split.fingerprint(), "world_size": self.dist.world_size,
-                  "deterministic": self.ran_deterministic,
-                  "timings": self.timings, "history": self.state.history}
+        result = scores.result(model=self.model_name, preset=self.cfg.preset,
+                               best_epoch=self.state.best_epoch, epochs_run=self.state.epoch,
+                               world_size=self.dist.world_size,
+                               deterministic=self.ran_deterministic, timings=self.timings,
+                               history=self.state.history)
         if self.dist.is_main:
-            write_json(self.out / "metrics.json", result)
-            np.save(self.out / "test_ranks.npy", test_ranks)
-            save_masks(self.out / "test_segments.npz", test_segments)
+            write_evidence(self.out, result, scores)
         return result
 
     # ------------------------------------------------------------ checkpoints
@@ -567,20 +527,6 @@ class Trainer:
                  self.state.global_step)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    raise TypeError(f"not JSON serializable: {type(value)}")
-
-
 def train(cfg: Config, model_name: str, data: str, out: str | Path, resume: bool = False,
           progress: bool | None = None, validate: bool = True) -> dict[str, Any]:
     """Validate `data` (the checks of `hllm validate`), train, evaluate; returns metrics.json.
@@ -596,30 +542,43 @@ def train(cfg: Config, model_name: str, data: str, out: str | Path, resume: bool
 
 def evaluate_run(run_dir: str | Path, data: str | None = None,
                  progress: bool | None = None) -> dict[str, Any]:
-    """Rebuild a run's model from its config.yaml and best weights, and score it again."""
+    """Rebuild a run's model from its config.yaml and best weights, and score it again.
+
+    metrics.json keeps what training recorded (epochs, history, timings) and gets the new
+    scores; data on another split is refused, so the numbers never describe other data
+    under the trained run's name (and its lineage tags).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: no config.yaml; pass a run directory written by `hllm train`")
-    if not (run_dir / "best" / "model.safetensors").is_file():
+    best = run_dir / "best" / "model.safetensors"
+    if not best.is_file():
         raise ConfigError(f"{run_dir}: no best/model.safetensors; the run has not finished an epoch")
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     run = saved.pop("run")
     cfg = config_from_dict(saved)
-    trainer = Trainer(cfg, run["model"], data or run["dataset"], run_dir, resume=True,
-                      progress=progress)
-    trainer._build_model()
+    dist = init_distributed()
+    device = pick_device(dist)
+    progress = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
+    split = load_split(data or run["dataset"], cfg)
     metrics_path = run_dir / "metrics.json"
     previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    recorded, split_hash = previous.get("split_sha256"), trainer.split.fingerprint()
+    recorded, split_hash = previous.get("split_sha256"), split.fingerprint()
     if recorded and split_hash != recorded:
-        # metrics.json describes the run on its own split; numbers from another would
-        # sit under the trained run's name (and its lineage tags) unnoticed.
         raise DataError(f"{data or run['dataset']}: its split (split_sha256 {split_hash[:12]}) "
                         f"is not the one {run_dir} was trained and evaluated on "
                         f"({recorded[:12]}); nothing rewritten. Train a run on this data instead")
-    trainer.state = TrainState(best_epoch=previous.get("best_epoch", -1),
-                               epoch=previous.get("epochs_run", 0),
-                               history=previous.get("history", []))
-    trainer.timings = previous.get("timings", {})
-    trainer.ran_deterministic = previous.get("deterministic")
-    return trainer.finish()
+    timings = previous.get("timings", {})
+    model = model_on_device(cfg, run["model"], split, device, dist, progress, {})
+    load_weights(model, best)
+    t0 = time.perf_counter()
+    scores = Evaluation(model, split, cfg, device, dist, progress=progress).score()
+    timings["evaluate_s"] = time.perf_counter() - t0
+    result = scores.result(model=run["model"], preset=cfg.preset,
+                           best_epoch=previous.get("best_epoch", -1),
+                           epochs_run=previous.get("epochs_run", 0), world_size=dist.world_size,
+                           deterministic=previous.get("deterministic"), timings=timings,
+                           history=previous.get("history", []))
+    if dist.is_main:
+        write_evidence(run_dir, result, scores)
+    return result

@@ -103,7 +103,7 @@ def test_cold_items_are_never_sampled_as_negatives(toy_data, tmp_path):
     trainer.setup()
     cold = set(trainer.split.cold_items)
     assert len(cold) == 18  # 30% of the toy's 60 items
-    drawn = set(torch.cat([trainer._negatives(step) for step in range(200)]).tolist())
+    drawn = set(torch.cat([trainer.negatives(step) for step in range(200)]).tolist())
     assert not drawn & cold
     assert drawn == set(range(1, trainer.split.num_items + 1)) - cold  # every other item can be
     for window in trainer.windows:
