@@ -405,22 +405,36 @@ ONE_OF = {"train.precision": ("auto", "fp32", "bf16"),
           "train.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2")}
 
 
-def check_values(cfg: Config) -> Config:
+@dataclass(frozen=True)
+class ValueRules:
+    """What each dotted key's value must be: >= (at_least), > (above), within [low, high]
+    (between) or one of a set (one_of). Keys a config does not have are skipped."""
+
+    at_least: dict[str, float] = field(default_factory=dict)
+    above: dict[str, float] = field(default_factory=dict)
+    between: dict[str, tuple[float, float]] = field(default_factory=dict)
+    one_of: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+RUN_RULES = ValueRules(AT_LEAST, ABOVE, BETWEEN, ONE_OF)
+
+
+def check_values(cfg: T, rules: ValueRules = RUN_RULES) -> T:
     """Every value out of its range or set, reported together in one ConfigError."""
     values = flatten(cfg.to_dict())
     errors = []
-    for key, low in AT_LEAST.items():
+    for key, low in rules.at_least.items():
         if key in values and values[key] < low:
             errors.append(f"'{key}': {values[key]!r}, must be >= {low}")
-    for key, low in ABOVE.items():
+    for key, low in rules.above.items():
         if key in values and not values[key] > low:
             errors.append(f"'{key}': {values[key]!r}, must be > {low}")
-    for key, (low, high) in BETWEEN.items():
+    for key, (low, high) in rules.between.items():
         if key in values and not low <= values[key] <= high:
             errors.append(f"'{key}': {values[key]!r}, must be in [{low}, {high}]")
-    for key, allowed in ONE_OF.items():
+    for key, allowed in rules.one_of.items():
         if key in values and values[key] not in allowed:
-            errors.append(f"'{key}': {values[key]!r}, must be one of {', '.join(allowed)}")
+            errors.append(f"'{key}': {values[key]!r}, must be one of {', '.join(map(str, allowed))}")
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     return cfg

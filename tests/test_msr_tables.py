@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hllm.errors import DataError
+from hllm.errors import ConfigError, DataError
 from hllm.msr.config import load_msr_config
 from hllm.msr.data import genre_scenario, load_rows, scenario_stats
 from hllm.msr.validation import validate_msr
@@ -155,5 +155,5 @@ def test_the_random_split_is_seeded_and_partitions_the_rows(tmp_path):
     # time: every validation row is at least as new as every training row; random: not so
     assert by_time["valid"]["timestamp"].min() >= by_time["train"]["timestamp"].max()
     assert first["valid"]["timestamp"].min() < first["train"]["timestamp"].max()
-    with pytest.raises(DataError, match="data.split must be time or random, got 'users'"):
-        split(**{"data.split": "users"})
+    with pytest.raises(ConfigError, match="'data.split': 'users', must be one of time, random"):
+        split(**{"data.split": "users"})  # refused with the config, before the data is read

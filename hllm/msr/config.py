@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hllm.config import SMOLLM2, flatten, tiny_llama, to_plain, resolve_config
+from hllm.config import (SMOLLM2, ValueRules, check_values, flatten, resolve_config, tiny_llama,
+                         to_plain)
 from hllm.config import replace as replace_sections
+from hllm.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,39 @@ def replace(cfg: MSRConfig, overrides: dict[str, Any]) -> MSRConfig:
     return replace_sections(cfg, overrides, "MSR configuration")
 
 
+# What each value must be, checked before any data is read (hllm.config.check_values).
+# The choices mirror hllm.msr.backbones.BACKBONES, hllm.msr.meta.ACTIVATIONS and
+# hllm.msr.data.SCENARIO_RULES (a test keeps them equal; importing those here would
+# import torch and the models into every config read).
+MSR_RULES = ValueRules(
+    at_least={"train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1,
+              "train.patience": 0, "train.num_threads": 0, "train.weight_decay": 0,
+              "model.embed_dim": 1, "model.aux_hidden": 1, "model.num_experts": 1,
+              "model.ple_specific_experts": 1, "model.ple_levels": 1, "model.tower_hidden": 1,
+              "model.meta_hidden": 1, "model.meta_user_layers": 0,
+              "model.meta_scenario_layers": 0, "model.meta_init_scale": 0,
+              "knowledge.max_prompt_tokens": 1, "knowledge.batch_size": 1,
+              "knowledge.items_per_scenario": 0, "knowledge.max_new_tokens": 1},
+    above={"train.lr": 0, "data.train_frac": 0},
+    between={"model.dropout": (0, 0.99), "data.train_frac": (0, 1), "data.valid_frac": (0, 1)},
+    one_of={"model.backbone": ("star", "mmoe", "shared-bottom", "ple"),
+            "model.meta_activation": ("relu", "tanh", "identity"),
+            "data.scenario_rule": ("auto", "genre-group", "column"),
+            "data.split": ("time", "random"),
+            "knowledge.pooling": ("last", "mean")},
+)
+
+
 def load_msr_config(preset: str | None = None, config_file: str | Path | None = None,
                     overrides: dict[str, Any] | None = None) -> MSRConfig:
-    """preset <- YAML file <- overrides, as hllm.config.load_config."""
-    return resolve_config(PRESETS, preset, config_file, overrides, "MSR configuration")
+    """preset <- YAML file <- overrides, as hllm.config.load_config; values checked."""
+    cfg = resolve_config(PRESETS, preset, config_file, overrides, "MSR configuration")
+    check_values(cfg, MSR_RULES)
+    if cfg.data.train_frac + cfg.data.valid_frac >= 1:
+        raise ConfigError(f"invalid configuration:\n  'data.train_frac' + 'data.valid_frac': "
+                          f"{cfg.data.train_frac} + {cfg.data.valid_frac}, must be < 1 "
+                          "(the rest is the test split)")
+    return cfg
 
 
 def config_from_dict(tree: dict[str, Any]) -> MSRConfig:
