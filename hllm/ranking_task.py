@@ -109,4 +109,4 @@ def segment_check(segment: str, rule: dict[str, float], chal: Evidence, other: E
 TASK = Task(name="ranking", default_model="hllm", evidence=RANKS_FILE, evidence_writer=WRITER,
             read_evidence=read_evidence, gate_rules=ranking_rules,
             plan_registration=plan, optional_evidence=(SEGMENTS_FILE,),
-            segments=True)
+            segments=True, endpoint="hllm.online.endpoints:RecommendEndpoint")

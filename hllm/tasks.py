@@ -73,6 +73,16 @@ class Task:
     plan_registration: Callable[..., RegistrationPlan]
     optional_evidence: tuple[str, ...] = ()  # read when the run logged them
     segments: bool = False  # per-user segments exist, so an A/B config may set gate.segments
+    # "module:Class" of the hllm.online.endpoints.ArmEndpoint `hllm serve` runs for it
+    # ("" = not served online); a name, so the gate and registry never import kserve.
+    endpoint: str = ""
+
+    def serving_endpoint(self) -> type:
+        """The endpoint class `hllm serve` builds for this task's A/B experiments."""
+        if not self.endpoint:
+            raise ConfigError(f"task {self.name!r} has no serving endpoint")
+        module, _, attr = self.endpoint.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
 
 _registered: dict[str, Task] = {}

@@ -196,3 +196,20 @@ def test_the_shared_modules_never_branch_on_a_task():
                 if branch.search(line) and not line.lstrip().startswith("for "):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_each_shipped_task_names_the_endpoint_hllm_serve_runs():
+    from hllm.online.endpoints import RecommendEndpoint, ScoreEndpoint
+
+    assert get_task("ranking").serving_endpoint() is RecommendEndpoint
+    assert get_task("ctr").serving_endpoint() is ScoreEndpoint
+    assert RecommendEndpoint.needs_history and not ScoreEndpoint.needs_history
+
+
+def test_serving_a_task_without_an_endpoint_is_one_line(toy_task, tmp_path, mlflow_env):
+    from hllm.online.server import serve
+
+    ab = toy_ab_config(tmp_path, "toy-recs")
+    with pytest.raises(ConfigError, match=rf"^{ab}: gate.task: task 'toy' has no serving endpoint$"):
+        serve(ab, str(tmp_path / "exposures"))
+    assert not (tmp_path / "exposures").exists()

@@ -29,4 +29,5 @@ def read_evidence(directory: Path, label: str) -> Evidence:
 
 
 TASK = Task(name="ctr", default_model="llm4msr", evidence=PREDICTIONS_FILE, evidence_writer=WRITER,
-            read_evidence=read_evidence, gate_rules=ctr_rules, plan_registration=plan)
+            read_evidence=read_evidence, gate_rules=ctr_rules, plan_registration=plan,
+            endpoint="hllm.online.endpoints:ScoreEndpoint")

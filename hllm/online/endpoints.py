@@ -79,7 +79,12 @@ def int_parameter(request: InferRequest, name: str, default: int, lo: int, hi: i
 
 
 class ArmEndpoint(Model):
-    """What both endpoints share: arms, routing, the worker pool and the exposure log."""
+    """What both endpoints share: arms, routing, the worker pool and the exposure log.
+
+    A task names its endpoint (hllm.tasks.Task.endpoint); `hllm serve` builds it.
+    """
+
+    needs_history = False  # True: built with `history`, an online source of user histories
 
     def __init__(self, name: str, arms: ArmModels, log: ExposureLog, workers: int = 2,
                  ramp_percent: float | None = None) -> None:
@@ -129,6 +134,8 @@ class RecommendEndpoint(ArmEndpoint):
     costs less than handing it to a thread and back under load. Scoring goes through a
     MicroBatcher, so concurrent requests for one model version share one model call.
     """
+
+    needs_history = True  # built with `history`: a user id -> the user's recent item ids
 
     def __init__(self, name: str, arms: ArmModels, log: ExposureLog,
                  history: Callable[[str], list[str]], workers: int = 2, **kwargs: Any) -> None:
@@ -235,5 +242,3 @@ class ScoreEndpoint(ArmEndpoint):
                                [snapshot[r.serve].version for r in routes])]
         return InferResponse(request_id, self.name, outputs)
 
-
-ENDPOINTS: dict[str, type[ArmEndpoint]] = {"ranking": RecommendEndpoint, "ctr": ScoreEndpoint}

@@ -40,9 +40,10 @@ from hllm import tracking
 from hllm.errors import ConfigError, HLLMError
 from hllm.experiment import load_ab_config
 from hllm.online.arms import ArmModels
-from hllm.online.endpoints import ENDPOINTS, ArmEndpoint, RequestError, now
+from hllm.online.endpoints import ArmEndpoint, RequestError, now
 from hllm.online.exposure import ExposureLog, LogBackpressure
 from hllm.online.processes import Siblings, listening_socket, supervise
+from hllm.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +277,11 @@ def serve(ab_config: str | Path, exposure_log: str, feature_repo: str | Path | N
     """Run until SIGTERM/SIGINT; returns the exit code. Errors before serving raise HLLMError."""
     cfg = load_ab_config(ab_config)
     tracking.registry_uri()  # a dead registry: one line now, not at the first request
-    if cfg.gate.task not in ENDPOINTS:
-        raise ConfigError(f"{ab_config}: gate.task {cfg.gate.task!r} has no serving endpoint")
-    if ENDPOINTS[cfg.gate.task] is ENDPOINTS["ranking"] and feature_repo is None and data is None:
+    try:
+        endpoint_class = get_task(cfg.gate.task).serving_endpoint()
+    except ConfigError as exc:
+        raise ConfigError(f"{ab_config}: gate.task: {exc}") from None
+    if endpoint_class.needs_history and feature_repo is None and data is None:
         history_source(feature_repo, data)  # raises: one line naming the missing option
     if options.processes < 1:
         raise ConfigError(f"--processes {options.processes}: at least 1")
@@ -312,8 +315,9 @@ def serve_process(ab_config: str | Path, exposure_log: str, feature_repo: str | 
     import torch
 
     cfg = load_ab_config(ab_config)
+    endpoint_class = get_task(cfg.gate.task).serving_endpoint()
     kwargs: dict[str, Any] = {}
-    if ENDPOINTS[cfg.gate.task] is ENDPOINTS["ranking"]:
+    if endpoint_class.needs_history:
         kwargs["history"] = history_source(feature_repo, data)
     # One line per request at 100s of requests a second is noise; errors still show.
     for name in ("kserve.trace", "uvicorn.access"):
@@ -321,9 +325,8 @@ def serve_process(ab_config: str | Path, exposure_log: str, feature_repo: str | 
     torch.set_num_threads(1)  # parallel requests, not parallel kernels, on a few cores
     faiss.omp_set_num_threads(1)  # the same for the catalog index's searches
     exposures = ExposureLog(exposure_log)
-    endpoint = ENDPOINTS[cfg.gate.task](cfg.model, ArmModels(cfg), exposures,
-                                        workers=options.workers,
-                                        ramp_percent=options.ramp_percent, **kwargs)
+    endpoint = endpoint_class(cfg.model, ArmModels(cfg), exposures, workers=options.workers,
+                              ramp_percent=options.ramp_percent, **kwargs)
     rest = build_app(endpoint, options, siblings)
     stop_polling = threading.Event()
     failure: list[BaseException] = []
