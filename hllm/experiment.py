@@ -219,8 +219,9 @@ def parse_ab_config(raw: dict[str, Any], source: str = "<dict>") -> ABConfig:
     if gate is not None:
         if gate.baseline_margin not in ("point", "interval"):
             errors.append(f"gate.baseline_margin: point or interval, got {gate.baseline_margin!r}")
-        if gate.task not in task_names():
-            errors.append(f"gate.task: one of {', '.join(task_names())}, got {gate.task!r}")
+        known = task_names()  # one entry-point scan, not one per use
+        if gate.task not in known:
+            errors.append(f"gate.task: one of {', '.join(known)}, got {gate.task!r}")
         if gate.primary_metric not in gate.min_uplift:
             errors.append(f"gate.min_uplift: no entry for the primary metric {gate.primary_metric!r}")
         if gate.promote not in PROMOTE_WHEN:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hllm.evaluate import paired_bootstrap, per_user_metric
 from hllm.gate_rules import Check, Evidence, TaskRules, read_metrics
 from hllm.ranking_registration import plan
 from hllm.segments import load_masks
@@ -41,6 +40,10 @@ def read_evidence(directory: Path, label: str) -> Evidence:
 
 def ranking_rules(cfg) -> TaskRules:
     """Full-ranking evidence: paired bootstrap over users; other metrics within tolerance."""
+    # hllm.evaluate imports torch; validating an A/B config loads this task (gate.segments)
+    # and must not pay for it, so the statistics are imported when the gate judges.
+    from hllm.evaluate import paired_bootstrap
+
     g = cfg.gate
 
     def bootstrap(a: Evidence, b: Evidence) -> dict[str, float]:
@@ -75,6 +78,8 @@ def segment_check(segment: str, rule: dict[str, float], chal: Evidence, other: E
     beyond it). "overall" is every user. Refuses, naming the segment, when the evidence
     has no per-user segments or the segment has no users on this split.
     """
+    from hllm.evaluate import paired_bootstrap, per_user_metric  # torch: see ranking_rules
+
     metric, name = g.primary_metric, f"segment {segment} vs {who}"
     if segment == "overall":
         mask = np.ones(len(chal.ranks), dtype=bool)

@@ -213,3 +213,17 @@ def test_serving_a_task_without_an_endpoint_is_one_line(toy_task, tmp_path, mlfl
     with pytest.raises(ConfigError, match=rf"^{ab}: gate.task: task 'toy' has no serving endpoint$"):
         serve(ab, str(tmp_path / "exposures"))
     assert not (tmp_path / "exposures").exists()
+
+
+@pytest.mark.fast
+def test_validating_an_ab_config_does_not_import_torch():
+    """`hllm ab validate` loads the task the config names (gate.segments needs it): the
+    task's module stays light, its statistics are imported when the gate judges."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from hllm.experiment import load_ab_config; "
+              "load_ab_config('configs/ab/hllm-rollout.yaml'); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120, check=True)
+    assert result.stdout.strip() == "False"
