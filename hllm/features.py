@@ -216,7 +216,7 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
     os.environ.setdefault("FEAST_USAGE", "False")
     t0 = time.perf_counter()
     if validation is not None:
-        report = validate_dataset(data, cfg=validation)
+        report = validate_dataset(data, cfg=validation, reuse=True)
         if not report.success:
             raise DataError(f"features not built (nothing written): {report.summary()}")
     raw = read_dataset(data)

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from hllm import storage
+from hllm import storage, validation_cache
 from hllm.data.labels import SPELLINGS as LABEL_SPELLINGS, unreadable_labels
 from hllm.data.readers import locate_tables, read_raw_table
 from hllm.errors import ConfigError, DataError
@@ -95,6 +95,11 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         return {"success": self.success, "data": self.data, "files": self.files, "rows": self.rows,
                 "seconds": self.seconds, "checks": [asdict(c) for c in self.checks]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ValidationReport:
+        return cls(d["success"], d["data"], d["files"], d["rows"],
+                   [Check(**c) for c in d["checks"]], d.get("seconds", 0.0))
 
 
 def _suites(inter: pd.DataFrame, items: pd.DataFrame | None, cfg: ValidationConfig):
@@ -244,8 +249,15 @@ def _check_from_result(table: str, result: Any, cfg: ValidationConfig,
 
 
 def validate_dataset(data: str, out: str | Path | None = None,
-                     cfg: ValidationConfig = ValidationConfig()) -> ValidationReport:
-    """Validate the dataset at `data`; write validation.json/.html under `out` when given."""
+                     cfg: ValidationConfig = ValidationConfig(),
+                     reuse: bool = False) -> ValidationReport:
+    """Validate the dataset at `data`; write validation.json/.html under `out` when given.
+
+    Every pass is remembered (hllm.validation_cache). With `reuse`, a pass remembered for
+    the same bytes, settings and code is returned without running the suites again: the
+    steps that re-check data a pipeline has just validated use it; `hllm validate` and
+    the pipeline's own validation step always run the suites.
+    """
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out}: a file, not a directory; validation.json and "
                           "validation.html go into a directory")
@@ -254,6 +266,16 @@ def validate_dataset(data: str, out: str | Path | None = None,
         root = storage.local_path(data)
         inter_path, item_path, fmt = locate_tables(root, "auto")
         files = {"interactions": str(inter_path), "items": str(item_path)}
+        key = (validation_cache.fingerprint({"interactions": inter_path, "items": item_path},
+                                            asdict(cfg))
+               if item_path is not None else "")
+        if reuse and key and (known := validation_cache.remembered(key)) is not None:
+            log.info("%s: validation skipped: it passed before with the same files, settings "
+                     "and code (%s)", data, key)
+            report = ValidationReport.from_dict({**known, "data": str(data), "files": files})
+            if out is not None:
+                write_report(report, Path(out))
+            return report
         inter = _blank_to_null(read_raw_table(inter_path, fmt))
         if inter.empty:
             raise DataError(f"{inter_path}: the interaction table has a header but no rows")
@@ -280,6 +302,8 @@ def validate_dataset(data: str, out: str | Path | None = None,
     checks, rows = run_suites(_suites(inter, items, cfg), cfg)
     report = ValidationReport(all(c.success for c in checks), str(data), files, rows, checks,
                               time.perf_counter() - t0)
+    if report.success and key:
+        validation_cache.remember(key, report.to_dict())
     if out is not None:
         write_report(report, Path(out))
     return report
@@ -291,7 +315,8 @@ def require_valid(data: str, min_user_interactions: int = 3) -> None:
     Without it, data that loads but is wrong (millisecond or negative timestamps, user ids
     spelled 1 and 1.0, no items file) trains to plausible metrics and exit code 0.
     """
-    report = validate_dataset(data, cfg=ValidationConfig(min_user_interactions=min_user_interactions))
+    report = validate_dataset(data, cfg=ValidationConfig(min_user_interactions=min_user_interactions),
+                              reuse=True)
     if not report.success:
         raise DataError(f"not trained (nothing written): {report.summary()}")
 
