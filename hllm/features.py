@@ -184,21 +184,43 @@ def feast_output(what: str) -> Iterator[None]:
         log.debug("%s: %s", what, " ".join(text.split()))
 
 
-def _apply(store, repo: Path) -> None:
-    """`feast apply` in-process: Feast imports the repo's modules by name from the cwd."""
-    from feast.repo_operations import apply_total
+def repo_objects(repo: Path) -> list:
+    """The Feast objects `repo/features.py` defines, imported from its path.
 
-    cwd = os.getcwd()
-    sys.path.insert(0, str(repo))
-    for name in REPO_FILES:  # a previous build's module must not shadow this repo's
-        sys.modules.pop(Path(name).stem, None)
-    try:
-        os.chdir(repo)
-        with feast_output("feast apply"):
-            apply_total(store.config, repo, skip_source_validation=False)
-    finally:
-        os.chdir(cwd)
-        sys.path.remove(str(repo))
+    Loaded under a name of its own, so a previous build's module is never reused and
+    neither sys.path nor the working directory changes (the `feast apply` CLI imports
+    repo modules by name from the working directory).
+    """
+    import importlib.util
+
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+
+    path = repo / "features.py"
+    spec = importlib.util.spec_from_file_location("hllm_feature_repo", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: not a Python module Feast definitions can be read from")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kinds = (Entity, FeatureView, FeatureService, DataSource)
+    found: dict[int, object] = {id(v): v for v in vars(module).values() if isinstance(v, kinds)}
+    return list(found.values())
+
+
+def _apply(store, repo: Path) -> None:
+    """`feast apply` through the public FeatureStore.apply: the repo's project and objects.
+
+    Each view's batch source is checked first, as `feast apply` does (Feast logs a
+    warning for a path it cannot read).
+    """
+    from feast import FeatureView, Project
+
+    objects = [Project(name=store.config.project), *repo_objects(repo)]
+    for view in objects:
+        if isinstance(view, FeatureView) and view.batch_source is not None:
+            view.batch_source.validate(store.config)
+    with feast_output("feast apply"):
+        store.apply(objects)
 
 
 def build_features(data: str, run_dir: str | Path, max_history: int = 50,
