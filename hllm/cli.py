@@ -41,7 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.preset, args.config, parse_set(args.set))
     tracking_uri = _tracking_uri(args)
-    result = train(cfg, args.model, args.data, args.out, resume=args.resume)
+    result = train(cfg, args.model, args.data, args.out, resume=args.resume,
+                   feature_repo=args.feature_repo)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {Path(args.out) / 'metrics.json'}  {_headline(result)}")
         if tracking_uri:
@@ -122,8 +123,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_features_build(args: argparse.Namespace) -> int:
     from hllm.features import build_features
 
-    result = build_features(args.data, args.run, max_history=args.max_history,
-                            embed_preset=args.embed_preset)
+    data_config, max_history = None, args.max_history or 50
+    if args.preset or args.config or args.set:
+        # Histories for training from this repo: the run's data settings, windows of
+        # max_history + 1 (hllm.feast_windows).
+        from hllm.config import load_config, parse_set
+
+        data_config = load_config(args.preset, args.config, parse_set(args.set)).data
+        max_history = args.max_history or data_config.max_history + 1
+    result = build_features(args.data, args.run, max_history=max_history,
+                            embed_preset=args.embed_preset, data_config=data_config)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     print(f"wrote {result.repo} (applied, materialized to SQLite) in {result.seconds:.1f} s: {counts}")
     return 0
@@ -400,7 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = fsub.add_parser("build", help="write sources, feast apply, materialize to the online store")
     p.add_argument("--data", required=True, help="dataset directory, file, or s3:// prefix")
     p.add_argument("--run", required=True, help="run directory; the repo goes to RUN/feature_repo")
-    p.add_argument("--max-history", type=int, default=50, help="items kept per user history row")
+    p.add_argument("--max-history", type=int, default=None,
+                   help="items kept per user history row (default 50; with a run config, its "
+                        "data.max_history + 1, the training window)")
+    _add_config_args(p)  # a run config: histories cut from its data settings, for training
     p.add_argument("--embed-preset", help="fill item_embedding with this preset's frozen Item LLM "
                    "(e.g. cpu-default); embeddings are cached, so this is fast after training")
     p.set_defaults(func=cmd_features_build)
@@ -418,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="hllm", choices=["hllm", "sasrec"],
                    help="hllm (default) or the SASRec ID baseline")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--feature-repo", help="read the training windows from this Feast repo (RUN or "
+                   "RUN/feature_repo, built by `hllm features build` with this run's config)")
     p.add_argument("--tracking-uri", help="log the finished run to this MLflow server "
                    "(default: $MLFLOW_TRACKING_URI; unset = no tracking)")
     p.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or hllm)")

@@ -23,7 +23,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 from hllm.atomic import exclusive, swap_dir
 from hllm.data.item_text import item_prompt
 from hllm.data.readers import RawData, read_dataset, read_item_table
-from hllm.data.split import time_ordered
+from hllm.config import DataConfig
+from hllm.data.split import build_split, event_microseconds, prepared_interactions, time_ordered
 from hllm.errors import ConfigError, DataError, HLLMError, SaveError, first_line
 from hllm.progress import Progress
 from hllm.validation import ValidationConfig, validate_dataset
@@ -57,11 +58,10 @@ def item_llm_embeddings(data: str, preset: str) -> tuple[list[str], np.ndarray]:
     from hllm.distributed import Dist
     from hllm.item_cache import load_or_compute_item_cache
     from hllm.models.hllm import HLLM
-    from hllm.train import load_split
 
     cfg = replace(load_config(preset), {"item_llm.trainable": "frozen",
                                         "item_llm.standardize": False})
-    split = load_split(data, cfg)
+    split = build_split(read_dataset(data, cfg.data.format), cfg.data)
     torch.manual_seed(cfg.train.seed)
     model = HLLM(cfg, split.item_text)
     load_or_compute_item_cache(model, cfg, torch.device("cpu"), Dist())
@@ -134,30 +134,36 @@ def push_knowledge(repo: str | Path, scenarios: tuple[list[str], np.ndarray],
     return {"scenario_knowledge": len(scenarios[0]), "user_knowledge": len(users[0])}
 
 
-def user_history_table(raw: RawData, max_len: int) -> pd.DataFrame:
-    """One row per event: the user's last `max_len` items up to and including that event."""
-    inter = time_ordered(raw.interactions[["user_id", "item_id", "timestamp"]])
+def user_history_table(inter: pd.DataFrame, max_len: int) -> pd.DataFrame:
+    """One row per event: the user's last `max_len` items up to and including that event.
+
+    `inter` is time-ordered (hllm.data.split.time_ordered). Each row's event_timestamp is
+    its event's time to the microsecond, the events of one second in file order
+    (split.event_microseconds), so a point-in-time lookup as of an event returns exactly
+    the history up to it, even when the user rated several items in that second.
+    """
+    times = event_microseconds(inter)
     rows = []
-    for user, group in inter.groupby("user_id", sort=False):
+    for user, group in inter.assign(_us=times).groupby("user_id", sort=False):
         items, stamps = group["item_id"].astype(str).tolist(), group["timestamp"].tolist()
+        micros = group["_us"].tolist()
         for i in range(len(items)):
             lo = max(0, i + 1 - max_len)
-            rows.append((str(user), items[lo: i + 1], stamps[lo: i + 1], i + 1 - lo, stamps[i]))
-    frame = pd.DataFrame(rows, columns=["user_id", "item_ids", "timestamps", "length", "ts"])
-    # Several events of one user can share a second; keep the last (it includes the others).
-    frame = frame.drop_duplicates(["user_id", "ts"], keep="last")
-    frame["event_timestamp"] = _ts(frame.pop("ts").to_numpy())
+            rows.append((str(user), items[lo: i + 1], stamps[lo: i + 1], i + 1 - lo, micros[i]))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_ids", "timestamps", "length", "us"])
+    frame["event_timestamp"] = pd.to_datetime(frame.pop("us").to_numpy(np.int64), unit="us",
+                                              utc=True)
     return frame
 
 
 def write_newest_histories(store, history: pd.DataFrame, progress: bool | None = None) -> None:
     """Put each user's newest `user_history` row in the online store, as materialize would.
 
-    The offline table keeps one row per event (49k on ml-100k) for point-in-time joins,
+    The offline table keeps one row per event (100k on ml-100k) for point-in-time joins,
     and Feast's dask offline store pickles and hashes every one of those lists while
     materializing: 20 s of a 29 s build. The online store keeps only the newest row per
-    user, and after `user_history_table` there is exactly one per (user, second), so
-    writing those 943 rows through Feast's online write path gives the same online state.
+    user, and each row of `user_history_table` has a time of its own, so writing those
+    943 rows through Feast's online write path gives the same online state.
     """
     newest = history.loc[history.groupby("user_id", sort=False)["event_timestamp"].idxmax()]
     newest = newest.reset_index(drop=True)
@@ -227,8 +233,14 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
                    embed_preset: str | None = None,
                    embeddings: np.ndarray | None = None,
                    embedding_ids: list[str] | None = None,
-                   validation: ValidationConfig | None = ValidationConfig()) -> FeatureBuild:
+                   validation: ValidationConfig | None = ValidationConfig(),
+                   data_config: DataConfig | None = None) -> FeatureBuild:
     """Validate `data`, then build RUN/feature_repo aside and swap it in.
+
+    `data_config`: write user histories from the interactions a training run with these
+    data settings is cut from (its de-duplication, k-core, held-out cold items, dropped
+    short users), so training can read its windows from this repo
+    (hllm.feast_windows); default: every interaction as read.
 
     Nothing is written unless the data passed validation, and the previous repo (its
     offline files and online store) stays in place until the new one is complete: a
@@ -254,8 +266,12 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
     with exclusive(run_dir / ".features.lock", "features build"):
         shutil.rmtree(staged, ignore_errors=True)
         try:
-            counts = _write_repo(raw, staged, max_history, embeddings, embedding_ids)
+            inter = (prepared_interactions(raw, data_config)[0] if data_config is not None
+                     else time_ordered(raw.interactions[["user_id", "item_id", "timestamp"]]))
+            counts = _write_repo(raw, staged, max_history, embeddings, embedding_ids, inter)
             manifest = {"data": str(data), "files": raw.files, "max_history": max_history,
+                        "history_data_config": (asdict(data_config) if data_config is not None
+                                                else None),
                         "embedding": {"preset": embed_preset} if embed_preset else None,
                         "embedding_dim": int(embeddings.shape[1]) if embeddings is not None else 0,
                         "counts": counts}
@@ -277,7 +293,7 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
 
 
 def _write_repo(raw: RawData, repo: Path, max_history: int, embeddings: np.ndarray | None,
-                embedding_ids: list[str] | None) -> dict[str, int]:
+                embedding_ids: list[str] | None, inter: pd.DataFrame) -> dict[str, int]:
     """Copy the definitions, write the Parquet sources, apply, materialize; return row counts."""
     from feast import FeatureStore
 
@@ -292,7 +308,7 @@ def _write_repo(raw: RawData, repo: Path, max_history: int, embeddings: np.ndarr
                         f"{len(embedding_ids or text['item_id'])} item ids")
     emb = item_embedding_table(embedding_ids or text["item_id"].tolist(), embeddings, first)
     pq.write_table(emb, repo / "data" / "item_embedding.parquet")
-    history = user_history_table(raw, max_history)
+    history = user_history_table(inter, max_history)
     history.to_parquet(repo / "data" / "user_history.parquet", index=False)
     for key, name in (("scenario", "scenario_knowledge"), ("user_id", "user_knowledge")):
         pq.write_table(knowledge_table(key, [], None, first), repo / "data" / f"{name}.parquet")

@@ -56,6 +56,7 @@ from hllm.distributed import (Dist, all_reduce_sum, barrier, full_optimizer_stat
                               load_full_optimizer_state_dict, load_full_state_dict, pick_device,
                               shard_model)
 from hllm.errors import ConfigError, DataError, SaveError, first_line
+from hllm.feast_windows import feature_store_windows
 from hllm.validation import require_valid
 from hllm.item_cache import load_or_compute_item_cache, load_or_compute_prefix_states
 from hllm.models.base import SequentialRecommender
@@ -163,9 +164,11 @@ def load_weights(model: SequentialRecommender, path: Path) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config, model_name: str, data: str, out: str | Path,
-                 resume: bool = False, progress: bool | None = None, validate: bool = True):
+                 resume: bool = False, progress: bool | None = None, validate: bool = True,
+                 feature_repo: str | Path | None = None):
         self.cfg, self.model_name, self.data = cfg, model_name, data
         self.validate = validate
+        self.feature_repo = feature_repo
         self.out = Path(out)
         self.dist: Dist = init_distributed()
         self.device = pick_device(self.dist)
@@ -261,7 +264,13 @@ class Trainer:
         t0 = time.perf_counter()
         self.split = load_split(self.data, self.cfg)
         self.timings["load_data_s"] = time.perf_counter() - t0
-        self.windows = self.split.train_windows(self.cfg.data.max_history)
+        if self.feature_repo is None:
+            self.windows = self.split.train_windows(self.cfg.data.max_history)
+        else:
+            t0 = time.perf_counter()
+            self.windows = feature_store_windows(self.feature_repo, self.split, self.cfg.data,
+                                                 self.cfg.data.max_history)
+            self.timings["feature_store_windows_s"] = time.perf_counter() - t0
         self.model = model_on_device(self.cfg, self.model_name, self.split, self.device,
                                      self.dist, self.progress, self.timings)
 
@@ -528,14 +537,17 @@ class Trainer:
 
 
 def train(cfg: Config, model_name: str, data: str, out: str | Path, resume: bool = False,
-          progress: bool | None = None, validate: bool = True) -> dict[str, Any]:
+          progress: bool | None = None, validate: bool = True,
+          feature_repo: str | Path | None = None) -> dict[str, Any]:
     """Validate `data` (the checks of `hllm validate`), train, evaluate; returns metrics.json.
 
     validate=False only where the same data was validated just before (the pipeline's
-    validate step, whose outcome gates the training branch).
+    validate step, whose outcome gates the training branch). `feature_repo`: read the
+    training windows from that Feast repo by point-in-time retrieval
+    (hllm.feast_windows) instead of cutting them in memory; the same windows either way.
     """
     trainer = Trainer(cfg, model_name, data, out, resume=resume, progress=progress,
-                      validate=validate)
+                      validate=validate, feature_repo=feature_repo)
     trainer.setup()
     return trainer.train()
 

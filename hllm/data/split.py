@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,10 @@ class SplitData:
     # Items held out by data.cold_items: test targets only, never in training (not even as
     # sampled negatives: a model must not learn anything about them from interactions).
     cold_items: tuple[int, ...] = ()
+    # Per user, each event's time in microseconds: the epoch second plus the event's place
+    # among the user's events of that second (file order). Unique per user, so a
+    # point-in-time lookup as of an event sees exactly the events up to it (hllm.feast_windows).
+    event_times: list[np.ndarray] = field(default_factory=list)
 
     @property
     def num_items(self) -> int:
@@ -80,6 +84,52 @@ class SplitData:
 
 
 def build_split(raw: RawData, cfg: DataConfig) -> SplitData:
+    inter, cold = prepared_interactions(raw, cfg)
+    # Cold items stay in the catalog even when no test target is one: ranking is over all items.
+    item_raw = sorted(set(pd.unique(inter["item_id"])) | set(cold), key=_natural_key)
+    item_index = {raw_id: i + 1 for i, raw_id in enumerate(item_raw)}
+    inter["item"] = inter["item_id"].map(item_index).astype(np.int64)
+    inter["event_time"] = event_microseconds(inter)
+    users, sequences, times = [], [], []
+    for user_id, group in inter.groupby("user_id", sort=False):
+        users.append(str(user_id))
+        sequences.append(group["item"].to_numpy())
+        times.append(group["event_time"].to_numpy())
+    order = sorted(range(len(users)), key=lambda i: _natural_key(users[i]))
+    users = [users[i] for i in order]
+    sequences = [sequences[i] for i in order]
+    times = [times[i] for i in order]
+
+    fields = cfg.text_fields or tuple(c for c in raw.items.columns if c != "item_id")
+    unknown = [f for f in fields if f not in raw.items.columns]
+    if unknown:
+        raise DataError(f"{raw.files.get('items')}: text field(s) {', '.join(unknown)} not in the item "
+                        f"table (columns: {', '.join(raw.items.columns)}); fix data.text_fields")
+    table = raw.items.set_index("item_id")
+    texts: list[dict[str, str]] = [{}]
+    missing = 0
+    for raw_id in item_raw:
+        if raw_id in table.index:
+            row = table.loc[raw_id]
+            texts.append({f: str(row[f]) for f in fields})
+        else:
+            missing += 1
+            texts.append({})
+    if missing:
+        # The reference code gives such items an empty text (BOS only); keep that, but say so.
+        log.warning("%d item(s) in the interactions have no row in the item table; "
+                    "they are encoded from an empty text", missing)
+    cold_index = tuple(sorted(item_index[c] for c in cold))
+    return SplitData(["", *map(str, item_raw)], users, sequences, texts, tuple(fields), cold_index,
+                     times)
+
+
+def prepared_interactions(raw: RawData, cfg: DataConfig) -> tuple[pd.DataFrame, list]:
+    """The interactions a split is cut from, time-ordered, and the held-out cold item ids.
+
+    Also what the feature build writes user histories from, so that the histories in the
+    feature store are the ones training reads.
+    """
     inter = raw.interactions[["user_id", "item_id", "timestamp"]].copy()
     if cfg.dedupe:
         before = len(inter)
@@ -102,41 +152,21 @@ def build_split(raw: RawData, cfg: DataConfig) -> SplitData:
         raise DataError(f"{raw.files.get('interactions')}: no user has at least "
                         f"{cfg.min_user_interactions} interactions after filtering "
                         f"(k_core={cfg.k_core}); nothing to train or evaluate on")
-    inter = time_ordered(inter)
+    return time_ordered(inter), cold
 
-    # Cold items stay in the catalog even when no test target is one: ranking is over all items.
-    item_raw = sorted(set(pd.unique(inter["item_id"])) | set(cold), key=_natural_key)
-    item_index = {raw_id: i + 1 for i, raw_id in enumerate(item_raw)}
-    inter["item"] = inter["item_id"].map(item_index).astype(np.int64)
-    users, sequences = [], []
-    for user_id, group in inter.groupby("user_id", sort=False):
-        users.append(str(user_id))
-        sequences.append(group["item"].to_numpy())
-    order = sorted(range(len(users)), key=lambda i: _natural_key(users[i]))
-    users = [users[i] for i in order]
-    sequences = [sequences[i] for i in order]
 
-    fields = cfg.text_fields or tuple(c for c in raw.items.columns if c != "item_id")
-    unknown = [f for f in fields if f not in raw.items.columns]
-    if unknown:
-        raise DataError(f"{raw.files.get('items')}: text field(s) {', '.join(unknown)} not in the item "
-                        f"table (columns: {', '.join(raw.items.columns)}); fix data.text_fields")
-    table = raw.items.set_index("item_id")
-    texts: list[dict[str, str]] = [{}]
-    missing = 0
-    for raw_id in item_raw:
-        if raw_id in table.index:
-            row = table.loc[raw_id]
-            texts.append({f: str(row[f]) for f in fields})
-        else:
-            missing += 1
-            texts.append({})
-    if missing:
-        # The reference code gives such items an empty text (BOS only); keep that, but say so.
-        log.warning("%d item(s) in the interactions have no row in the item table; "
-                    "they are encoded from an empty text", missing)
-    cold_index = tuple(sorted(item_index[c] for c in cold))
-    return SplitData(["", *map(str, item_raw)], users, sequences, texts, tuple(fields), cold_index)
+def event_microseconds(ordered: pd.DataFrame) -> np.ndarray:
+    """Each event's time in microseconds, ties within a user's second in their given order.
+
+    `ordered` is time_ordered. Events of one user in one second (common: ml-100k users
+    rate several films per second) get +0, +1, +2 us, so each has a time of its own and
+    the order training uses (file order) is the order of time.
+    """
+    rank = ordered.groupby(["user_id", "timestamp"], sort=False).cumcount().to_numpy()
+    if len(rank) and rank.max() >= 1_000_000:
+        raise DataError("a user has a million events in one second; event times cannot "
+                        "keep them apart")
+    return ordered["timestamp"].to_numpy(np.int64) * 1_000_000 + rank
 
 
 def hold_out_cold_items(inter: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, list]:
