@@ -254,9 +254,9 @@ def validate_dataset(data: str, out: str | Path | None = None,
     """Validate the dataset at `data`; write validation.json/.html under `out` when given.
 
     Every pass is remembered (hllm.validation_cache). With `reuse`, a pass remembered for
-    the same bytes, settings and code is returned without running the suites again: the
-    steps that re-check data a pipeline has just validated use it; `hllm validate` and
-    the pipeline's own validation step always run the suites.
+    the same bytes, settings and code is returned without running the suites again:
+    `hllm features build` and `hllm train`, which re-check the data they read, use it;
+    `hllm validate` and the pipeline's validation step always run the suites.
     """
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out}: a file, not a directory; validation.json and "

@@ -1,9 +1,11 @@
-"""Remembered validation passes, so one run validates its data once, not once per step.
+"""Remembered validation passes, so the same bytes are judged once, not once per command.
 
-A pipeline validates the dataset in its own step, then the feature build and each
-training check it again before reading it (each step may also run alone, so each must
-refuse bad data itself). Loading Great Expectations and running the suites costs 6 to 10
-s per check on 2 cores, paid three more times per `make run` for the same bytes.
+Run by hand, `hllm features build` and every `hllm train` validate the data they read
+before reading it (each may run alone, so each must refuse bad data itself); loading
+Great Expectations and running the suites costs 6 to 10 s per check on 2 cores, paid
+again for the same bytes by every command of a session (validate, build, train HLLM,
+train SASRec). The pipeline's steps do not need this: its validation step gates the
+branch and the steps after it skip the check.
 
 A pass is remembered under a key of everything its outcome depends on: the bytes of the
 tables, the validation settings, the source of the modules that read and judge them, and
