@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +29,7 @@ import pandas as pd
 from hllm.config import DataConfig
 from hllm.data.split import SplitData
 from hllm.errors import ConfigError, DataError
-from hllm.features import MANIFEST, feature_repo_dir, user_histories_as_of
+from hllm.features import ID_SEPARATOR, MANIFEST, feature_repo_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,16 @@ def check_repo(repo: Path, data_cfg: DataConfig, max_len: int) -> None:
                           f"--max-history {max_len + 1}")
 
 
+def training_histories_as_of(repo: Path, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time retrieval of user_history_training for (user_id, event_timestamp) rows."""
+    os.environ.setdefault("FEAST_USAGE", "False")
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(repo))
+    return store.get_historical_features(entity_df=entity_df,
+                                         features=["user_history_training:item_ids"]).to_df()
+
+
 def feature_store_windows(repo: str | Path, split: SplitData, data_cfg: DataConfig,
                           max_len: int) -> list[np.ndarray]:
     """SplitData.train_windows(max_len), read from the feature repo's offline store."""
@@ -81,12 +92,12 @@ def feature_store_windows(repo: str | Path, split: SplitData, data_cfg: DataConf
             unit="us", utc=True),
         "window": np.arange(len(ends)),
     })
-    frame = user_histories_as_of(repo, entity_df).sort_values("window")
+    frame = training_histories_as_of(repo, entity_df).sort_values("window")
     index = {raw: i for i, raw in enumerate(split.item_raw_ids) if i}
     windows = []
     for (user, end), item_ids in zip(ends, frame["item_ids"]):
         want = min(end, max_len + 1)
-        got = [] if item_ids is None else list(item_ids)[-want:]
+        got = [] if not isinstance(item_ids, str) else item_ids.split(ID_SEPARATOR)[-want:]
         try:
             window = np.array([index[i] for i in got], dtype=np.int64)
         except KeyError as exc:

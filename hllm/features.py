@@ -156,6 +156,21 @@ def user_history_table(inter: pd.DataFrame, max_len: int) -> pd.DataFrame:
     return frame
 
 
+ID_SEPARATOR = "\x1f"  # joins item ids in user_history_training (feature_repo/features.py)
+
+
+def training_history_table(history: pd.DataFrame) -> pd.DataFrame:
+    """`user_history_table` with each row's item ids joined into one string (offline only)."""
+    joined = [ID_SEPARATOR.join(ids) for ids in history["item_ids"]]
+    for ids, text in zip(history["item_ids"], joined):
+        if len(ids) and text.count(ID_SEPARATOR) != len(ids) - 1:
+            bad = next(i for i in ids if ID_SEPARATOR in i)
+            raise DataError(f"item id {bad!r} contains the character \\x1f, which separates "
+                            "ids in the user_history_training view")
+    return pd.DataFrame({"user_id": history["user_id"], "item_ids": joined,
+                         "event_timestamp": history["event_timestamp"]})
+
+
 def write_newest_histories(store, history: pd.DataFrame, progress: bool | None = None) -> None:
     """Put each user's newest `user_history` row in the online store, as materialize would.
 
@@ -310,12 +325,14 @@ def _write_repo(raw: RawData, repo: Path, max_history: int, embeddings: np.ndarr
     pq.write_table(emb, repo / "data" / "item_embedding.parquet")
     history = user_history_table(inter, max_history)
     history.to_parquet(repo / "data" / "user_history.parquet", index=False)
+    training_history_table(history).to_parquet(repo / "data" / "user_history_training.parquet",
+                                               index=False)
     for key, name in (("scenario", "scenario_knowledge"), ("user_id", "user_knowledge")):
         pq.write_table(knowledge_table(key, [], None, first), repo / "data" / f"{name}.parquet")
     store = FeatureStore(repo_path=str(repo))
     _apply(store, repo)
     end = datetime.fromtimestamp(int(raw.interactions["timestamp"].max()) + 1, tz=timezone.utc)
-    others = [v.name for v in store.list_feature_views() if v.name != "user_history"]
+    others = [v.name for v in store.list_feature_views() if v.name != "user_history" and v.online]
     start = datetime.fromtimestamp(first - 1, tz=timezone.utc) - timedelta(days=1)
     with Progress(len(others), "materialize", "view") as shown, feast_output("feast materialize"):
         for view in others:  # one at a time, so long work says how far it is

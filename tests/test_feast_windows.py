@@ -98,3 +98,16 @@ def test_the_cli_builds_for_a_run_config_and_trains_from_it(built, tmp_path, cap
                  "--set", "data.k_core=5"]) == 2
     assert "data.k_core 0 there, 5 here" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()  # refused before anything was written
+
+
+def test_an_item_id_holding_the_separator_is_refused_by_name():
+    import pandas as pd
+
+    from hllm.errors import DataError
+    from hllm.features import training_history_table
+
+    history = pd.DataFrame({"user_id": ["1", "1"], "item_ids": [["a"], ["a", "b\x1fc"]],
+                            "event_timestamp": pd.to_datetime([1, 2], unit="s", utc=True)})
+    with pytest.raises(DataError, match=r"item id 'b\\x1fc' contains the character \\x1f"):
+        training_history_table(history)
+    assert training_history_table(history.iloc[:1])["item_ids"].tolist() == ["a"]
