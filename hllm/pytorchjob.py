@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import logging
 import re
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from typing import Any
 import yaml
 
 from hllm.errors import HLLMError
+
+log = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "base" / "pytorchjob.template.yaml"
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
@@ -305,18 +308,27 @@ def train_distributed(model: str, data: str, out: str | Path, *, preset: str = "
 
 
 def train_placed(model: str, data: str, out: str | Path, *, preset: str = "", config_file: str = "",
-                 nodes: int = 1, gpus_per_node: int = 1, image: str = "") -> dict[str, Any]:
-    """The pipeline's train step: in this process at 1 x 1, as a PyTorchJob above that."""
+                 nodes: int = 1, gpus_per_node: int = 1, image: str = "",
+                 feature_repo: str = "") -> dict[str, Any]:
+    """The pipeline's train step: in this process at 1 x 1, as a PyTorchJob above that.
+
+    `feature_repo`: read the training windows from it (hllm.feast_windows). A PyTorchJob's
+    pods cannot see this step's artifact, so they cut the same windows in memory.
+    """
     if nodes > 1 or gpus_per_node > 1:
         if not image:
             raise ValueError("a multi-GPU train step needs the image its PyTorchJob runs")
+        if feature_repo:
+            log.info("the PyTorchJob cuts its training windows in memory (the feature repo "
+                     "%s is this step's artifact, out of the job's reach)", feature_repo)
         return train_distributed(model, data, out, preset=preset, config_file=config_file,
                                  nodes=nodes, gpus_per_node=gpus_per_node, image=image)
     from hllm.config import load_config
     from hllm.train import train
 
     # The pipeline's validate step checked this data (same data_version) and gates this branch.
-    return train(load_config(preset or None, config_file or None), model, data, out, validate=False)
+    return train(load_config(preset or None, config_file or None), model, data, out, validate=False,
+                 feature_repo=feature_repo or None)
 
 
 # ------------------------------------------------------------------ inside the job's pods

@@ -52,14 +52,15 @@ def build_pipeline(platform: Platform | None = None):
         p.retry(p.data_access(p.size(validate, SMALL)))
         with dsl.If(validate.outputs["Output"] == True, name="data-valid"):  # noqa: E712
             features = c.build_features(data=data, max_history=max_history,
-                                        validation=validate.outputs["validation"])
+                                        validation=validate.outputs["validation"],
+                                        preset=preset, config_file=config_file)
             p.retry(p.data_access(p.size(features, MEDIUM)))
             trained = {}
             for name, op in (("hllm", c.train_hllm), ("sasrec", c.train_sasrec)):
                 task = op(data=data, data_version=data_version, preset=preset,
                           config_file=config_file, nodes=train_nodes,
-                          gpus_per_node=train_gpus_per_node,
-                          job_image=c.CUDA_IMAGE).after(features)
+                          gpus_per_node=train_gpus_per_node, job_image=c.CUDA_IMAGE,
+                          features=features.outputs["features"])
                 trained[name] = p.retry(p.data_access(p.gpu(p.size(task, LARGE))))
             evaluated = {}
             for name, task in trained.items():

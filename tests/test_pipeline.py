@@ -347,6 +347,10 @@ def test_local_run_end_to_end_then_cached(toy_data, tmp_path, mlflow_env, regist
     assert s["status"] == "completed", s
     for model in ("hllm", "sasrec"):
         assert set(s["models"][model]["metrics"]) >= {"recall@10", "recall@50", "recall@200"}
+        # the training windows came from the pipeline's Feast repo (hllm.feast_windows;
+        # tests/test_feast_windows.py shows they equal the in-memory ones)
+        trained = json.loads((Path(s["steps"][f"train_{model}"]["path"]) / "metrics.json").read_text())
+        assert trained["timings"]["feature_store_windows_s"] > 0
     assert s["registry"]["model_name"] == name and s["registry"]["version"] == "1"
     assert s["onnx"]["max_abs_diff"] < 1e-3
     # The decision follows from the checks: promoted exactly when every check passed,
