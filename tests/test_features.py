@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +262,38 @@ def test_llm4msr_knowledge_vectors_are_served_from_the_online_store(tmp_path):
     assert sorted(offline["user_id"]) == ["1", "2"]
     with pytest.raises(DataError, match="1 vectors for 2 keys"):
         push_knowledge(tmp_path / "run", (["a", "b"], np.ones((1, 3))), users)
+
+
+def test_llm4msr_training_reads_the_knowledge_back_from_the_feature_views(tmp_path):
+    """The knowledge step saves the vectors and pushes them; training reads the views,
+    and gets the saved float32 values exactly, in the data's order."""
+    from types import SimpleNamespace
+
+    import torch
+    from safetensors.torch import save_file
+
+    from hllm.features import push_knowledge
+    from hllm.msr.features import FILE, load_knowledge
+
+    build(tmp_path)
+    rng = np.random.default_rng(0)
+    scen_keys, user_keys = ["family", "action", "drama"], ["2", "1", "10"]
+    scen = rng.normal(size=(3, 8)).astype(np.float32)
+    user = rng.normal(size=(3, 8)).astype(np.float32)
+    knowledge = tmp_path / "knowledge"
+    knowledge.mkdir()
+    save_file({"scenario": torch.from_numpy(scen), "user": torch.from_numpy(user)},
+              str(knowledge / FILE), metadata={"scenarios": json.dumps(scen_keys),
+                                               "users": json.dumps(user_keys)})
+    enc = SimpleNamespace(scenarios=scen_keys, knowledge_users=user_keys)
+    saved = load_knowledge(knowledge, enc)[:2]
+    shutil.copytree(tmp_path / "run" / "feature_repo", knowledge / "feature_repo")
+    push_knowledge(knowledge, (scen_keys[::-1], scen[::-1]), (user_keys, user))
+    from_views = load_knowledge(knowledge, enc)[:2]
+    assert all(torch.equal(a, b) for a, b in zip(from_views, saved))
+    enc.knowledge_users = [*user_keys, "77"]
+    with pytest.raises(DataError, match="user_knowledge has no vector for user_id 77; push"):
+        load_knowledge(knowledge, enc)
 
 
 def test_feast_prints_nothing_into_logs_and_keeps_its_lines_at_debug(tmp_path, capfd, caplog):

@@ -93,8 +93,9 @@ def test_local_run_validates_trains_registers_and_gates(tmp_path, mlflow_env, ml
     # The evaluate step re-scored the saved model: same numbers as training wrote.
     trained = json.loads((run.run_dir / "train_llm4msr" / "metrics.json").read_text())
     assert trained["auc"] == pytest.approx(models["star+llm4msr"]["auc"], abs=1e-6)
-    # Training read the knowledge step's vectors, it did not run the LLM itself.
-    assert trained["knowledge"]["source"].endswith("knowledge")
+    # Training read the knowledge step's vectors back from the Feast views they were
+    # pushed to; it did not run the LLM itself.
+    assert trained["knowledge"]["source"].endswith("knowledge (feature store)")
     knowledge = json.loads((run.run_dir / "knowledge" / "knowledge.json").read_text())
     assert knowledge["pushed"] == {"scenario_knowledge": 4, "user_knowledge": 300}
     client = MlflowClient(mlflow_env)

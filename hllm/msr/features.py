@@ -63,9 +63,46 @@ def knowledge_features(data: str, cfg: MSRConfig, out: str | Path, *, device: st
     return result
 
 
+def knowledge_from_feature_store(repo: str | Path, enc: Encoded
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scenario and user vectors read back from the Feast views they were pushed to,
+    in the order `enc` indexes them (the online store: one row per key, the newest push)."""
+    import os
+
+    os.environ.setdefault("FEAST_USAGE", "False")
+    from feast import FeatureStore
+
+    from hllm.features import feature_repo_dir
+
+    repo = feature_repo_dir(repo)
+    store = FeatureStore(repo_path=str(repo))
+    tables = []
+    for view, key, keys in (("scenario_knowledge", "scenario", enc.scenarios),
+                            ("user_knowledge", "user_id", enc.knowledge_users)):
+        got = store.get_online_features(features=[f"{view}:vector"],
+                                        entity_rows=[{key: str(k)} for k in keys]).to_dict()
+        missing = [k for k, v in zip(keys, got["vector"]) if v is None]
+        if missing:
+            raise DataError(f"{repo}: {view} has no vector for {key} "
+                            f"{', '.join(map(str, missing[:5]))}"
+                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                            + "; push the knowledge for this data (hllm msr knowledge --feature-repo)")
+        tables.append(torch.tensor(got["vector"], dtype=torch.float32))
+    return tables[0], tables[1]
+
+
 def load_knowledge(directory: str | Path, enc: Encoded
                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, str] | None]:
-    """The saved tables, checked to be in the order `enc` indexes them."""
+    """The knowledge step's vectors, checked to be in the order `enc` indexes them.
+
+    When the step pushed them to Feast (DIR/feature_repo), training reads them from those
+    feature views, as serving does; otherwise from DIR/knowledge.safetensors.
+    """
+    if (Path(directory) / "feature_repo").is_dir():
+        scen, user = knowledge_from_feature_store(Path(directory) / "feature_repo", enc)
+        texts_path = Path(directory) / "texts.json"
+        texts = json.loads(texts_path.read_text())["user"] if texts_path.is_file() else None
+        return scen, user, texts
     path = Path(directory) / FILE
     if not path.is_file():
         raise ConfigError(f"{path}: missing; write it with `hllm msr knowledge --out {directory}`")

@@ -85,7 +85,9 @@ def train_run(cfg: MSRConfig, data: str, out: str | Path, *, llm4msr: bool = Tru
         from hllm.msr.features import load_knowledge
 
         scen_v, user_v, texts = load_knowledge(knowledge_dir, enc)
-        knowledge, kstats = (scen_v, user_v), {"source": str(knowledge_dir)}
+        source = ("feature store" if (Path(knowledge_dir) / "feature_repo").is_dir()
+                  else "knowledge.safetensors")
+        knowledge, kstats = (scen_v, user_v), {"source": f"{knowledge_dir} ({source})"}
     elif llm4msr:
         from hllm.msr.knowledge import build_knowledge
 
