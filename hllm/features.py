@@ -9,7 +9,8 @@ then, in a staging directory, copies the repo definitions, writes the Parquet so
 and materializes to the SQLite online store; only a complete build replaces
 RUN/feature_repo. `add_items` embeds cold-start items with the same Item LLM and pushes
 them, online and offline. Training reads user histories through point-in-time-correct
-historical retrieval (`user_histories_as_of`); serving reads the online store.
+historical retrieval (hllm.feast_windows, from a repo built with the run's data
+settings; `user_histories_as_of` for any entity rows); serving reads the online store.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
     raw = read_dataset(data)
     if embed_preset is not None:
         embedding_ids, embeddings = item_llm_embeddings(data, embed_preset)
-    # Absolute from here on: Feast's apply runs with the repo as its working directory.
+    # Absolute from here on: the repo records its sources relative to its own path.
     run_dir = Path(run_dir).resolve()
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
