@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import warnings
@@ -283,7 +284,34 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="every step's full log on the terminal too (always in RUN/logs/)")
 
 
+@contextmanager
+def stopping_on_sigterm() -> Iterator[None]:
+    """SIGTERM (`kill`, a pod's shutdown) ends the run the way Ctrl-C does.
+
+    Python's default is to die at once, skipping every `finally`, so the MLflow and S3
+    servers this run started kept running (and holding their ports) after a `kill`. As
+    a SystemExit(143) the signal unwinds the run instead: the servers are stopped on the
+    way out. The step that was running loses its output pipe and ends with it.
+    """
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    with stopping_on_sigterm():
+        return _run_from_args(args)
+
+
+def _run_from_args(args: argparse.Namespace) -> int:
     run = run_local(args.data, preset=args.preset, config_file=args.config, runs_dir=args.runs,
                     run_id=args.run_id, tracking_uri=args.tracking_uri,
                     ab_config=args.ab_config, registered_name=args.registered_name,

@@ -407,3 +407,40 @@ def test_invalid_data_stops_before_training(tmp_path, mlflow_env, registry_names
     ran = {p.name for p in (run.run_dir / "kfp").glob("*/*") if p.is_dir()}
     assert ran == {"validate-data", "data-rejected"}, ran
     assert MlflowClient(mlflow_env).search_registered_models(f"name = '{registry_names[0]}'") == []
+
+
+def test_a_killed_local_run_stops_the_servers_it_started(toy_data, tmp_path):
+    """`kill` (SIGTERM) of `hllm pipeline run --local` must not leave its MLflow and S3
+    servers running: before, Python died at once and they kept their ports."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "hllm.cli", "pipeline", "run", "--local",
+                             "--data", str(toy_data), "--preset", "cpu-tiny",
+                             "--runs", str(tmp_path / "runs")],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        servers: list = []
+        deadline = time.monotonic() + 180
+        while len(servers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            children = psutil.Process(proc.pid).children(recursive=True)
+            servers = [c for c in children if any(name in " ".join(c.cmdline())
+                                                  for name in ("mlflow server", "moto_server"))]
+        assert len(servers) == 2, "the run did not start its MLflow and S3 servers"
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(servers, timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for server in servers:  # whatever the outcome, nothing outlives the test
+            if server.is_running():
+                server.kill()
