@@ -255,8 +255,8 @@ def test_feature_view_versions_are_recorded(tracked_run, mlflow_env, tmp_path, m
     monkeypatch.setenv("HLLM_CACHE", str(tracked_run["cache"]))
     repo = build_features(str(tracked_run["data"]), tmp_path / "features").repo
     versions = feature_view_versions(repo)
-    assert set(versions) == {"item_embedding", "item_text", "user_history", "scenario_knowledge",
-                             "user_knowledge"}
+    assert set(versions) == {"item_embedding", "item_text", "user_history",
+                             "user_history_training", "scenario_knowledge", "user_knowledge"}
     assert feature_view_versions(repo) == versions  # a hash of the definition, stable
     result = register(tracked_run["run"], "hllm-features", onnx=False, feature_repo=repo,
                       pipeline_run_id="pipe-7")
