@@ -26,20 +26,13 @@ from typing import Any
 
 from hllm import storage
 from hllm.atomic import write_text
+from hllm.lineage import sha256_file
 
 log = logging.getLogger(__name__)
 
 # The modules whose code decides a verdict: how tables are found and read, and the suites.
 JUDGES = ("validation.py", "data/readers.py", "data/labels.py")
 _PACKAGE = Path(__file__).resolve().parent
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(tables: dict[str, Path], settings: dict[str, Any]) -> str:
@@ -50,9 +43,9 @@ def fingerprint(tables: dict[str, Path], settings: dict[str, Any]) -> str:
     except metadata.PackageNotFoundError:
         gx_version = "absent"
     parts: dict[str, Any] = {
-        "tables": {name: [p.name, _file_digest(p)] for name, p in sorted(tables.items())},
+        "tables": {name: [p.name, sha256_file(p)] for name, p in sorted(tables.items())},
         "settings": settings,
-        "code": {m: _file_digest(_PACKAGE / m) for m in JUDGES},
+        "code": {m: sha256_file(_PACKAGE / m) for m in JUDGES},
         "great_expectations": gx_version,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
