@@ -27,6 +27,7 @@ about half an hour on 2 cores; it is cached by prompt hash, shows progress, and
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -39,8 +40,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ml1m import USER_PREFIX, prepare_ml1m  # noqa: E402
 
-from hllm import storage  # noqa: E402
-from hllm.atomic import swap_dir  # noqa: E402
+from hllm import storage, strict_json  # noqa: E402
+from hllm.atomic import swap_dir, write_text  # noqa: E402
 from hllm.errors import DataError  # noqa: E402
 
 log = logging.getLogger("bench.ml1m_msr")
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu-default", help="hllm.msr.config preset")
     p.add_argument("--epochs", type=int, help="train.epochs (default: the preset's)")
     p.add_argument("--out", default="runs/ml1m-msr", help="results.json and table.md go here")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the (split, seed) results already in OUT/results.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -151,10 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     name = "msr" + (f"-{args.max_users}u" if args.max_users else "")
     data = build_table(raw, storage.cache_root() / "datasets" / "ml-1m" / name, args.max_users)
     log.info("multi-scenario table at %s (%.0f s)", data, time.perf_counter() - t0)
-    results: dict = {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Written after every (split, seed), so a long run stopped part-way keeps what it
+    # finished, and --resume goes on from there instead of training those again.
+    done_file = out / "results.json"
+    results: dict = json.loads(done_file.read_text()) if args.resume and done_file.is_file() else {}
     scenarios: list[str] = []
     for split in args.splits.split(","):
         for seed in map(int, args.seeds.split(",")):
+            finished = {r["seed"] for runs in results.get(split, {}).values() for r in runs}
+            if seed in finished:
+                log.info("split %s seed %d: in %s already, skipped", split, seed, done_file)
+                continue
             overrides = {**FIELDS, "data.split": split, "train.seed": seed}
             if args.epochs:
                 overrides["train.epochs"] = args.epochs
@@ -170,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
                     {"seed": seed, "alone": alone["test"], "llm4msr": plus["test"],
                      "valid": {"alone": alone["valid"], "llm4msr": plus["valid"]},
                      "knowledge": got["knowledge"]})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from hllm import strict_json
-
-    (out / "results.json").write_text(strict_json.dumps(results))
+            write_text(done_file, strict_json.dumps(results))
+            log.info("split %s seed %d done (%.0f s so far)", split, seed, time.perf_counter() - t0)
+    if not scenarios:
+        scenarios = sorted({k.split("/", 1)[1] for by_backbone in results.values()
+                            for runs in by_backbone.values() for k in runs[0]["alone"]
+                            if k.startswith("auc/")})
     text = table(results, scenarios)
     (out / "table.md").write_text(text + "\n")
     print(f"\nTest AUC alone / + LLM4MSR, diff over seeds {args.seeds} "
