@@ -13,18 +13,19 @@ pipeline's report step links the step artifacts in under these names):
     register/         registration.json
     gate/             gate.json, rollout_plan.md
 
-The HTML page is self-contained: charts are inline SVG drawn here, no script and no
-stylesheet is fetched, so it opens the same on an air-gapped cluster or from a laptop.
+The HTML page (templates/run_report.html.j2) is self-contained: charts are inline SVG
+drawn by matplotlib (hllm.charts), no script and no stylesheet is fetched, so it opens the
+same on an air-gapped cluster or from a laptop.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from hllm.report_html import comparisons, epoch_table, fmt, page, table, verdict
+from hllm.charts import line_chart
+from hllm.report_html import comparison_sections, epoch_view, render, verdict_view
 
 TEST_METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 RECALL_KS = (10, 50, 200)
@@ -32,7 +33,6 @@ SEGMENT_METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 MODELS = {"hllm": "train_hllm", "sasrec": "train_sasrec"}
 STEP_ORDER = ("validate", "features", "train_hllm", "train_sasrec", "evaluate_hllm",
               "evaluate_sasrec", "export_onnx", "register", "gate")
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
 # ---------------------------------------------------------------- reading a run
@@ -166,58 +166,7 @@ def link_report(versions: Sequence[tuple[str, str]], report_uri: str,
         client.set_model_version_tag(name, str(version), "report_uri", report_uri)
 
 
-# ---------------------------------------------------------------- HTML and SVG
-
-def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str,
-               y_label: str, width: int = 560, height: int = 300,
-               x_ticks: Sequence[float] | None = None) -> str:
-    """An inline SVG line chart (one polyline per series, axes with min/max labels)."""
-    points = [p for s in series.values() for p in s]
-    if not points:
-        return f"<p><em>{html.escape(title)}: no data</em></p>"
-    left, right, top, bottom = 60, 130, 28, 40
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-9 + abs(y0) * 0.1 + 1e-9)
-    pw, ph = width - left - right, height - top - bottom
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * pw
-
-    def sy(y: float) -> float:
-        return top + ph - (y - y0) / (y1 - y0) * ph
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'role="img" aria-label="{html.escape(title)}" font-family="sans-serif" font-size="11">',
-             f'<text x="{width / 2 - right / 2}" y="16" text-anchor="middle" font-size="13">'
-             f'{html.escape(title)}</text>',
-             f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>']
-    for y in (y0, (y0 + y1) / 2, y1):
-        parts.append(f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>')
-        parts.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{left + pw}" y2="{sy(y):.1f}" '
-                     'stroke="#ddd"/>')
-    for x in (x_ticks if x_ticks is not None else (x0, x1)):
-        parts.append(f'<text x="{sx(x):.1f}" y="{top + ph + 14}" text-anchor="middle">{x:g}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">'
-                 f'{html.escape(x_label)}</text>')
-    parts.append(f'<text x="14" y="{top + ph / 2}" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {top + ph / 2})">{html.escape(y_label)}</text>')
-    for i, (name, pts) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in sorted(pts))
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}">'
-                     f'<title>{html.escape(name)}</title></polyline>')
-        for x, y in pts if len(pts) <= 50 else []:
-            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>')
-        ly = top + 14 * i + 8
-        parts.append(f'<rect x="{left + pw + 10}" y="{ly - 8}" width="10" height="10" '
-                     f'fill="{color}"/><text x="{left + pw + 24}" y="{ly + 1}">'
-                     f'{html.escape(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
+# ---------------------------------------------------------------- HTML
 
 def _charts(summary: dict[str, Any], logs: dict[str, tuple[list, list]]) -> list[str]:
     step_loss, epoch_loss, valid_ndcg = {}, {}, {}
@@ -237,69 +186,44 @@ def _charts(summary: dict[str, Any], logs: dict[str, tuple[list, list]]) -> list
             line_chart(recall, "Test Recall@K", "K", "recall", x_ticks=RECALL_KS)]
 
 
-def _segment_tables(models: dict[str, Any]) -> list[str]:
+def _segment_rows(models: dict[str, Any]) -> list[list[Any]]:
     """Test metrics per user segment (hllm.segments): where text should beat item ids."""
-    rows = [[name, segment, seg.get("users", 0), *(seg.get(k) if seg.get(k) is not None else "-"
+    return [[name, segment, seg.get("users", 0), *(seg.get(k) if seg.get(k) is not None else "-"
                                                    for k in SEGMENT_METRICS)]
             for name, m in models.items() for segment, seg in (m.get("segments") or {}).items()]
-    if not rows:
-        return []
-    return ["<h2>Test metrics by segment</h2><p>warm: target seen in training; long_tail: "
-            "target among the 80% least-popular items; cold: target never seen in training "
-            "(data.cold_items holds the newest items out).</p>",
-            table(["model", "segment", "users", *SEGMENT_METRICS], rows)]
 
 
 def render_html(summary: dict[str, Any], run_dir: str | Path) -> str:
     """The report page, in a reviewer's order: the verdict and why, the comparison with the
     champion and the ID baseline, metrics and segments, training per epoch, then export,
-    data, lineage and step timings."""
+    data, lineage and step timings (templates/run_report.html.j2)."""
     run = Path(run_dir)
     gate, models = summary.get("gate"), summary["models"]
-    parts = [f"<h1>HLLM pipeline run {html.escape(summary.get('pipeline_run_id') or '')}</h1>",
-             verdict(gate, summary["status"], (summary.get("registry") or {}).get("model_name", "")),
-             *comparisons(gate, "ID baseline (SASRec)")]
+    view: dict[str, Any] = {
+        "run_id": summary.get("pipeline_run_id") or "",
+        "verdict": verdict_view(gate, summary["status"],
+                                (summary.get("registry") or {}).get("model_name", "")),
+        "comparisons": comparison_sections(gate, "ID baseline (SASRec)"),
+        "metrics": None, "segments": None, "charts": [], "epochs": None,
+        "rollout_plan": None, "onnx": summary.get("onnx"),
+        "validation": summary.get("validation"), "registry": summary.get("registry"),
+        "steps": [[n, f"{s['seconds']:.1f}" if s.get("seconds") is not None else "",
+                   "yes" if s.get("cached") else "no", s.get("started_at") or ""]
+                  for n, s in (summary.get("steps") or {}).items()]}
     if models:
-        parts.append("<h2>Test metrics</h2>")
-        parts.append(table(["model", *TEST_METRICS],
-                            [[n, *(m["metrics"].get(k, "") for k in TEST_METRICS)]
-                             for n, m in models.items()]))
-        parts += _segment_tables(models)
-        parts.append("<h2>Training</h2><p class=note>Training loss, and validation NDCG@10 per "
-                     "epoch beside it: early stopping and the kept weights follow validation "
-                     "NDCG@10.</p>")
+        view["metrics"] = {"header": ["model", *TEST_METRICS],
+                           "rows": [[n, *(m["metrics"].get(k, "") for k in TEST_METRICS)]
+                                    for n, m in models.items()]}
+        segments = _segment_rows(models)
+        if segments:
+            view["segments"] = {"header": ["model", "segment", "users", *SEGMENT_METRICS],
+                                "rows": segments}
         logs = {n: read_log(run / d / "log.jsonl") for n, d in MODELS.items()}  # read once
-        parts.append("<div class=charts>" + "".join(_charts(summary, logs)) + "</div>")
-        histories = {n: logs[n][1] for n in models}
-        parts.append("<details><summary>Per epoch: loss and validation NDCG@10</summary>"
-                     + epoch_table(histories, [("loss", "train_loss"), ("valid N@10", "valid_ndcg@10")],
-                                   {n: m.get("best_epoch") for n, m in models.items()})
-                     + "</details>")
-    if gate:
-        plan = run / "gate" / "rollout_plan.md"
-        if plan.is_file():
-            parts.append(f"<details><summary>Rollout plan</summary><pre>"
-                         f"{html.escape(plan.read_text())}</pre></details>")
-    onnx = summary.get("onnx")
-    if onnx:
-        parts.append(f"<h2>ONNX export</h2><p>max |ONNX - PyTorch| {fmt(onnx['max_abs_diff'])}, "
-                     f"min cosine {fmt(onnx['min_cosine'])}; files "
-                     f"{html.escape(', '.join(onnx['files'].values()))}</p>")
-    validation = summary.get("validation")
-    if validation:
-        parts.append(f"<h2>Data validation</h2><p>{validation['checks']} expectations, "
-                     f"{'all passed' if validation['success'] else 'FAILED'}; rows "
-                     f"{html.escape(json.dumps(validation['rows']))}</p>")
-        parts += [f"<p class=bad>{html.escape(f)}</p>" for f in validation["failed"]]
-    registry = summary.get("registry")
-    if registry:
-        parts.append(f"<h2>Lineage: {html.escape(registry['model_name'])} version "
-                     f"{html.escape(registry['version'])}</h2>")
-        parts.append(table(["tag", "value"], sorted(registry["tags"].items())))
-    if summary["steps"]:
-        parts.append("<h2>Steps</h2>")
-        parts.append(table(["step", "wall s", "cached", "started"],
-                            [[n, f"{s['seconds']:.1f}" if s.get("seconds") is not None else "",
-                              "yes" if s.get("cached") else "no",
-                              s.get("started_at") or ""] for n, s in summary["steps"].items()]))
-    return page("HLLM run report", parts)
+        view["charts"] = _charts(summary, logs)
+        view["epochs"] = epoch_view({n: logs[n][1] for n in models},
+                                    [("loss", "train_loss"), ("valid N@10", "valid_ndcg@10")],
+                                    {n: m.get("best_epoch") for n, m in models.items()})
+    plan = run / "gate" / "rollout_plan.md"
+    if gate and plan.is_file():
+        view["rollout_plan"] = plan.read_text()
+    return render("run_report.html.j2", title="HLLM run report", r=view)

@@ -14,7 +14,6 @@ Results go to `validation.json` (machine-readable) and `validation.html` (for pe
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from hllm import storage, validation_cache
 from hllm.data.labels import SPELLINGS as LABEL_SPELLINGS, unreadable_labels
 from hllm.data.readers import locate_tables, read_raw_table
 from hllm.errors import ConfigError, DataError
+from hllm.report_html import render
 
 log = logging.getLogger(__name__)
 
@@ -350,38 +350,22 @@ def write_report(report: ValidationReport, out: Path) -> None:
 
 
 def render_html(report: ValidationReport) -> str:
-    """A self-contained page: verdict first, then failures with sample rows, then the rest."""
-    verdict = "PASSED" if report.success else "FAILED"
-    color = "#1a7f37" if report.success else "#cf222e"
-    rows = []
+    """A self-contained page: verdict first, then failures with sample rows, then the rest
+    (templates/validation.html.j2)."""
+    checks = []
     for c in sorted(report.checks, key=lambda c: c.success):
-        mark = "&#10004;" if c.success else "&#10008;"
         sample = []
         if c.sample_ids:
-            sample.append("users " + html.escape(", ".join(c.sample_ids)))
+            sample.append("users " + ", ".join(c.sample_ids))
         if c.sample_rows:
             sample.append("rows " + ", ".join(map(str, c.sample_rows)))
         if c.sample_values:
-            sample.append("values " + html.escape(json.dumps(c.sample_values)))
-        rows.append(f"<tr class={'ok' if c.success else 'bad'}><td>{mark}</td><td>{c.table}</td>"
-                    f"<td>{html.escape(c.column)}</td><td class=exp>{c.expectation}</td>"
-                    f"<td class=want>{html.escape(c.expected)}</td><td>{html.escape(c.detail)}</td>"
-                    f"<td>{'<br>'.join(sample)}</td></tr>")
-    files = "".join(f"<li>{k}: <code>{html.escape(v)}</code> ({report.rows.get(k, '?')} rows)</li>"
-                    for k, v in report.files.items())
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Validation {verdict}: {html.escape(report.data)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}
-h1{{color:{color}}}table{{border-collapse:collapse;width:100%}}
-td,th{{border-bottom:1px solid #ddd;padding:.35em .6em;text-align:left;vertical-align:top}}
-tr.bad td{{background:#ffebe9}}tr.ok td:first-child{{color:#1a7f37}}tr.bad td:first-child{{color:#cf222e}}
-code{{background:#f6f8fa;padding:0 .2em}}td.exp{{font-family:monospace;font-size:12px}}
-td.want{{min-width:16em}}</style></head><body>
-<h1>Validation {verdict}</h1>
-<p><b>{len(report.failures)}</b> of {len(report.checks)} expectations failed for
-<code>{html.escape(report.data)}</code> (Great Expectations, {report.seconds:.1f} s).</p>
-<ul>{files}</ul>
-<table><tr><th></th><th>table</th><th>column</th><th>expectation</th><th>expected</th><th>result</th><th>sample</th></tr>
-{''.join(rows)}
-</table></body></html>
-"""
+            sample.append("values " + json.dumps(c.sample_values))
+        checks.append({"success": c.success, "table": c.table, "column": c.column,
+                       "expectation": c.expectation, "expected": c.expected,
+                       "detail": c.detail, "sample": sample})
+    verdict = "PASSED" if report.success else "FAILED"
+    view = {"verdict": verdict, "data": report.data, "failures": len(report.failures),
+            "seconds": report.seconds, "checks": checks,
+            "files": [(k, v, report.rows.get(k, "?")) for k, v in report.files.items()]}
+    return render("validation.html.j2", title=f"Validation {verdict}: {report.data}", v=view)

@@ -43,7 +43,7 @@ def test_msr_report_opens_with_the_verdict_then_comparisons_metrics_and_epochs(t
         "<th>star+llm4msr valid AUC</th>")]
     assert order == sorted(order)
     assert "auc +0.01 &lt;i&gt;" in page  # gate text is escaped
-    assert "<td class=num>0.7150</td>" in page  # LLM4MSR's validation AUC of epoch 1
+    assert '<td class="num">0.7150</td>' in page  # LLM4MSR's validation AUC of epoch 1
     assert "Weights evaluated: star epoch 1, star+llm4msr epoch 1" in page
     assert "<script" not in page and not re.search(r"""(src|href)=["']?https?:""", page)
 

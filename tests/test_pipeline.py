@@ -192,7 +192,7 @@ def test_report_from_hand_made_run(tmp_path):
                                      "Against the current champion (version 2)", "Test metrics",
                                      "<th>hllm valid N@10</th>", "Lineage")]
     assert order == sorted(order)
-    assert "<td class=num>0.0500</td>" in page  # validation NDCG@10 of epoch 2, beside the loss
+    assert '<td class="num">0.0500</td>' in page  # validation NDCG@10 of epoch 2, beside the loss
     assert "Weights evaluated: hllm epoch 2, sasrec epoch 2" in page
     assert "Recall@K" in page and "hllm" in page and "sasrec" in page
     assert "<script" not in page  # self-contained: no JS, and gate text is escaped

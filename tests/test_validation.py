@@ -114,9 +114,9 @@ def test_cli_exit_code_and_readable_report(tmp_path):
     page = (out / "validation.html").read_text()
     # A person sees the verdict, the failing columns, the sample rows and values.
     assert "Validation FAILED" in page
-    assert "<td>item_id</td><td class=exp>expect_column_values_to_be_in_set</td>" in page
-    assert "<td class=want>one of {1, 2, 3}</td>" in page  # what was expected, beside the values
-    assert "rows 7" in page and "&quot;99&quot;" in page and "&quot;yesterday&quot;" in page
+    assert '<td>item_id</td><td class="exp">expect_column_values_to_be_in_set</td>' in page
+    assert '<td class="want">one of {1, 2, 3}</td>' in page  # what was expected, beside the values
+    assert "rows 7" in page and "&#34;99&#34;" in page and "&#34;yesterday&#34;" in page
 
 
 USERS_SPELLED_TWICE = GOOD + [("1.0", 1, 5, 1_000_000_900), ("1.0", 2, 5, 1_000_000_901),

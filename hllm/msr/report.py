@@ -15,13 +15,12 @@ A finished run directory holds one sub-directory per step:
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
 
 from hllm.report import read_json, validation_summary
-from hllm.report_html import comparisons, epoch_table, page, table, verdict
+from hllm.report_html import comparison_sections, epoch_view, render, verdict_view
 
 STEP_ORDER = ("validate", "features", "knowledge", "train_backbone", "train_llm4msr",
               "evaluate_backbone", "evaluate_llm4msr", "register", "gate")
@@ -70,40 +69,33 @@ def summarize(run_dir: str | Path, *, steps: dict[str, dict[str, Any]] | None = 
 
 def render_html(summary: dict[str, Any], histories: dict[str, list[dict[str, Any]]] | None = None) -> str:
     """The LLM4MSR report page, in the order of HLLM's: verdict and why, the champion and
-    backbone comparisons, AUC and logloss per scenario, validation AUC per epoch, lineage."""
-    e = html.escape
+    backbone comparisons, AUC and logloss per scenario, validation AUC per epoch, lineage
+    (templates/msr_report.html.j2)."""
     models = summary["models"]
     gate = summary.get("gate")
     reg = summary.get("registry") or {}
-    parts = [f"<h1>LLM4MSR pipeline run {e(summary.get('pipeline_run_id', ''))}</h1>",
-             verdict(gate, summary["status"], reg.get("model_name", "")),
-             *comparisons(gate, "backbone alone (no LLM4MSR)")]
     scen = next((m["scenarios"] for m in models.values() if m.get("scenarios")), [])
+    view: dict[str, Any] = {
+        "run_id": summary.get("pipeline_run_id", ""),
+        "verdict": verdict_view(gate, summary["status"], reg.get("model_name", "")),
+        "comparisons": comparison_sections(gate, "backbone alone (no LLM4MSR)"),
+        "metrics": None, "epochs": None, "validation": summary.get("validation"),
+        "registry": reg or None,
+        "steps": [[n, f"{s.get('seconds') or 0.0:.1f}", "yes" if s.get("cached") else "no"]
+                  for n, s in (summary.get("steps") or {}).items()]}
     if models:
-        rows = [[key, str(m["model"]), *(m["metrics"].get(k, float("nan"))
-                                        for k in [key, *(f"{key}/{s}" for s in scen)])]
-                for key in ("auc", "logloss") for m in models.values()]
-        parts += ["<h2>Test metrics per scenario</h2>",
-                  table(["metric", "model", "overall", *scen], rows)]
+        view["metrics"] = {"header": ["metric", "model", "overall", *scen],
+                           "rows": [[key, str(m["model"]),
+                                     *(m["metrics"].get(k, float("nan"))
+                                       for k in [key, *(f"{key}/{s}" for s in scen)])]
+                                    for key in ("auc", "logloss") for m in models.values()]}
     if histories:
-        parts += ["<h2>Training</h2><p class=note>Mean training loss and validation AUC per "
-                  "epoch (early stopping and the kept weights follow validation AUC).</p>",
-                  epoch_table({models[n]["model"] if n in models else n: h for n, h in histories.items()},
-                              [("loss", "train_loss"), ("valid AUC", "valid_auc")],
-                              {models[n]["model"]: models[n].get("best_epoch")
-                               for n in histories if n in models})]
-    validation = summary.get("validation")
-    if validation:
-        parts.append(f"<h2>Data validation</h2><p>{validation['checks']} expectations, "
-                     f"{'all passed' if validation['success'] else 'FAILED'}</p>")
-    if reg:
-        parts += [f"<h2>Lineage: {e(str(reg.get('model_name')))} version {e(str(reg.get('version')))}</h2>",
-                  table(["tag", "value"], sorted((reg.get("tags") or {}).items()))]
-    if summary.get("steps"):
-        parts += ["<h2>Steps</h2>", table(["step", "wall s", "cached"],
-                                          [[n, f"{s.get('seconds') or 0.0:.1f}", "yes" if s.get("cached") else "no"]
-                                           for n, s in summary["steps"].items()])]
-    return page(f"LLM4MSR run {summary.get('pipeline_run_id', '')}", parts)
+        view["epochs"] = epoch_view(
+            {models[n]["model"] if n in models else n: h for n, h in histories.items()},
+            [("loss", "train_loss"), ("valid AUC", "valid_auc")],
+            {models[n]["model"]: models[n].get("best_epoch") for n in histories if n in models})
+    return render("msr_report.html.j2", title=f"LLM4MSR run {summary.get('pipeline_run_id', '')}",
+                  r=view)
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import html
 import json
 import math
 import sys
@@ -36,7 +35,7 @@ from hllm.errors import DataError
 from hllm.experiment import ABConfig, Guardrail, RampStage, load_ab_config
 from hllm.online import ab_stats
 from hllm.online.exposure import read_log
-from hllm.report_html import fmt, page, table
+from hllm.report_html import fmt, render
 
 ARMS = ("control", "treatment")
 DEFAULT_KS = (10,)
@@ -325,29 +324,20 @@ def render_text(r: Readout) -> str:
 
 
 def render_html(r: Readout) -> str:
-    kind = {"advance": "promoted", "hold": "none", "roll back": "refused"}[r.decision]
-    reasons = "".join(f"<li>{html.escape(x)}</li>" for x in r.reasons)
+    """The readout page (templates/ab_readout.html.j2): the decision and why first."""
     srm = r.sample_ratio
-    parts = [f"<h1>A/B readout: {html.escape(r.experiment)}</h1>",
-             f"<div class='verdict {kind}'><b>{html.escape(r.decision.upper())}</b>"
-             f"<ul>{reasons}</ul><p>Next: {html.escape(r.next_step)}</p></div>",
-             f"<p class=note>Model {html.escape(r.model)}; log {html.escape(r.log)}; records "
-             f"{html.escape(str(r.first))} .. {html.escape(str(r.last))}; intervals at "
-             f"{r.confidence:.0%} over users (delta method).</p>",
-             "<h2>Arms</h2>",
-             table(["", "control", "treatment", "treatment - control"], arm_rows(r)),
-             "<h2>Sample ratio</h2>",
-             table(["arm", "users", "expected share"],
-                   [[a, n, fmt(srm.expected_share[a])] for a, n in srm.observed.items()])
-             + f"<p>chi-square {fmt(srm.chi2)}, p {srm.p_value:.3g}: "
-             + ("<b class=bad>mismatch</b>" if srm.mismatch else "ok") + "</p>",
-             "<h2>Guardrails</h2>",
-             table(["metric", "limit", "value", "interval", "status", "why"],
-                   [[g.metric, g.limit, fmt(g.value),
-                     "" if g.low is None else f"[{g.low:.4g}, {g.high:.4g}]", g.status, g.reason]
-                    for g in r.guardrails],
-                   ["fail" if g.status != "held" else "" for g in r.guardrails])]
-    return page(f"A/B readout {r.experiment}", parts)
+    view = {"experiment": r.experiment, "decision": r.decision.upper(),
+            "kind": {"advance": "promoted", "hold": "none", "roll back": "refused"}[r.decision],
+            "reasons": r.reasons, "next_step": r.next_step, "model": r.model, "log": r.log,
+            "first": str(r.first), "last": str(r.last), "confidence": f"{r.confidence:.0%}",
+            "arms": arm_rows(r),
+            "sample_ratio": [[a, n, fmt(srm.expected_share[a])] for a, n in srm.observed.items()],
+            "chi2": srm.chi2, "p_value": f"{srm.p_value:.3g}", "mismatch": srm.mismatch,
+            "guardrails": [[g.metric, g.limit, fmt(g.value),
+                            "" if g.low is None else f"[{g.low:.4g}, {g.high:.4g}]", g.status,
+                            g.reason] for g in r.guardrails],
+            "guardrail_classes": ["fail" if g.status != "held" else "" for g in r.guardrails]}
+    return render("ab_readout.html.j2", title=f"A/B readout {r.experiment}", r=view)
 
 
 def metrics_for_tracking(r: Readout) -> dict[str, float]:
