@@ -50,4 +50,8 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
                     metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buffer.getvalue()
     svg = text[text.index("<svg"):]  # drop the XML declaration and DOCTYPE: it goes inline
+    # matplotlib sizes the SVG in points (4/3 px each); in pixels two charts sit side by
+    # side on a desktop-wide page, and the viewBox scales the drawing to fit.
+    svg = svg.replace(f'width="{width}pt" height="{height}pt"',
+                      f'width="{width}" height="{height}"', 1)
     return svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(title)}" ', 1)

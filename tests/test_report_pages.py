@@ -35,6 +35,7 @@ def test_a_chart_is_inline_svg_with_its_labels_and_renders_the_same_twice():
     svg = line_chart(series, "Loss & more", "epoch", "loss")
     assert svg.startswith("<svg ") and svg.rstrip().endswith("</svg>")
     assert "<?xml" not in svg and "<!DOCTYPE" not in svg  # it goes inside a page
+    assert 'width="560" height="300"' in svg  # pixels, as the page lays charts out
     assert 'aria-label="Loss &amp; more"' in svg
     assert "sasrec &lt;b&gt;" in svg and "<b>" not in svg  # legend text, escaped
     assert "<script" not in svg
