@@ -121,18 +121,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_features_build(args: argparse.Namespace) -> int:
-    from hllm.features import build_features
+    from hllm.config import load_config, parse_set
+    from hllm.features import build_features, build_for_training
 
-    data_config, max_history = None, args.max_history or 50
-    if args.preset or args.config or args.set:
-        # Histories for training from this repo: the run's data settings, windows of
-        # max_history + 1 (hllm.feast_windows).
-        from hllm.config import load_config, parse_set
-
-        data_config = load_config(args.preset, args.config, parse_set(args.set)).data
-        max_history = args.max_history or data_config.max_history + 1
-    result = build_features(args.data, args.run, max_history=max_history,
-                            embed_preset=args.embed_preset, data_config=data_config)
+    cfg = (load_config(args.preset, args.config, parse_set(args.set))
+           if args.preset or args.config or args.set else None)
+    if cfg is not None and args.embed_preset is None:
+        # The pipeline's feature step: histories cut from the run's data settings, windows
+        # of data.max_history + 1 (hllm.feast_windows), item_embedding from its frozen Item LLM.
+        result = build_for_training(args.data, args.run, cfg, max_history=args.max_history or 0)
+    else:
+        window = cfg.data.max_history + 1 if cfg is not None else 50
+        result = build_features(args.data, args.run, max_history=args.max_history or window,
+                                embed_preset=args.embed_preset,
+                                data_config=cfg.data if cfg is not None else None)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     print(f"wrote {result.repo} (applied, materialized to SQLite) in {result.seconds:.1f} s: {counts}")
     return 0
@@ -414,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "data.max_history + 1, the training window)")
     _add_config_args(p)  # a run config: histories cut from its data settings, for training
     p.add_argument("--embed-preset", help="fill item_embedding with this preset's frozen Item LLM "
-                   "(e.g. cpu-default); embeddings are cached, so this is fast after training")
+                   "(e.g. cpu-default; default with a run config: the run's own Item LLM when "
+                   "it is frozen); embeddings are cached, so this is fast after training")
     p.set_defaults(func=cmd_features_build)
     p = fsub.add_parser("add-items", help="embed new items and push them (servable at once)")
     p.add_argument("items", help="item table: .item (RecBole), .csv or .parquet with item_id + text")

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from hllm.atomic import exclusive, swap_dir
 from hllm.data.item_text import item_prompt
 from hllm.data.readers import RawData, read_dataset, read_item_table
-from hllm.config import DataConfig
+from hllm.config import Config, DataConfig
 from hllm.data.split import build_split, event_microseconds, prepared_interactions, time_ordered
 from hllm.errors import ConfigError, DataError, HLLMError, SaveError, first_line
 from hllm.progress import Progress
@@ -51,8 +51,13 @@ MANIFEST = "hllm_features.json"  # what the repo was built from, and with which 
 ONLINE_WRITE_ROWS = 10_000  # user_history rows per online write (a progress line between)
 
 
-def item_llm_embeddings(data: str, preset: str) -> tuple[list[str], np.ndarray]:
-    """Raw item ids and their frozen Item LLM embeddings (through the embedding cache)."""
+def item_llm_embeddings(data: str, preset: str | Config) -> tuple[list[str], np.ndarray]:
+    """Raw item ids and their frozen Item LLM embeddings (through the embedding cache).
+
+    `preset`: a preset name, or a run's whole Config (its Item LLM as a config file or
+    --set left it); the cache key is the one training uses, so either side reuses the
+    other's pass.
+    """
     import torch
 
     from hllm.config import load_config, replace
@@ -60,8 +65,8 @@ def item_llm_embeddings(data: str, preset: str) -> tuple[list[str], np.ndarray]:
     from hllm.item_cache import load_or_compute_item_cache
     from hllm.models.hllm import HLLM
 
-    cfg = replace(load_config(preset), {"item_llm.trainable": "frozen",
-                                        "item_llm.standardize": False})
+    base = load_config(preset) if isinstance(preset, str) else preset
+    cfg = replace(base, {"item_llm.trainable": "frozen", "item_llm.standardize": False})
     split = build_split(read_dataset(data, cfg.data.format), cfg.data)
     torch.manual_seed(cfg.train.seed)
     model = HLLM(cfg, split.item_text)
@@ -246,7 +251,7 @@ def _apply(store, repo: Path) -> None:
 
 
 def build_features(data: str, run_dir: str | Path, max_history: int = 50,
-                   embed_preset: str | None = None,
+                   embed_preset: str | Config | None = None,
                    embeddings: np.ndarray | None = None,
                    embedding_ids: list[str] | None = None,
                    validation: ValidationConfig | None = ValidationConfig(),
@@ -257,6 +262,10 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
     data settings is cut from (its de-duplication, k-core, held-out cold items, dropped
     short users), so training can read its windows from this repo
     (hllm.feast_windows); default: every interaction as read.
+
+    `embed_preset`: fill item_embedding with this preset's (or run Config's) frozen Item
+    LLM; the manifest records that Item LLM, so `add_items` embeds new items in the same
+    space.
 
     Nothing is written unless the data passed validation, and the previous repo (its
     offline files and online store) stays in place until the new one is complete: a
@@ -288,7 +297,7 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
             manifest = {"data": str(data), "files": raw.files, "max_history": max_history,
                         "history_data_config": (asdict(data_config) if data_config is not None
                                                 else None),
-                        "embedding": {"preset": embed_preset} if embed_preset else None,
+                        "embedding": _embedding_record(embed_preset),
                         "embedding_dim": int(embeddings.shape[1]) if embeddings is not None else 0,
                         "counts": counts}
             (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -306,6 +315,34 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
     seconds = time.perf_counter() - t0
     log.info("features built in %.1f s: %s", seconds, counts)
     return FeatureBuild(final, counts, seconds)
+
+
+def _embedding_record(embed_preset: str | Config | None) -> dict[str, Any] | None:
+    """Which Item LLM filled item_embedding, enough to build it again for new items."""
+    if embed_preset is None:
+        return None
+    if isinstance(embed_preset, str):
+        return {"preset": embed_preset}
+    return {"preset": embed_preset.preset, "item_llm": asdict(embed_preset.item_llm),
+            "seed": embed_preset.train.seed}
+
+
+def build_for_training(data: str, run_dir: str | Path, cfg: Config, max_history: int = 50,
+                       validation: ValidationConfig | None = ValidationConfig()) -> FeatureBuild:
+    """The training pipeline's feature step: the feature repo a run with `cfg` trains from.
+
+    User histories are cut from the run's data settings, rows of at least
+    data.max_history + 1 items (the training window, hllm.feast_windows). When the run's
+    Item LLM is frozen, item_embedding holds that Item LLM's vectors: the very ones
+    training reads from the same embedding cache, so the pass moves here from the train
+    step rather than adding one. A fine-tuned Item LLM exists only after training, so for
+    those runs item_embedding stays empty (`hllm features add-items --model-run RUN`
+    embeds with a trained one).
+    """
+    frozen = cfg.item_llm.trainable == "frozen"
+    return build_features(data, run_dir, max_history=max(max_history, cfg.data.max_history + 1),
+                          embed_preset=cfg if frozen else None, validation=validation,
+                          data_config=cfg.data)
 
 
 def _write_repo(raw: RawData, repo: Path, max_history: int, embeddings: np.ndarray | None,
@@ -354,16 +391,21 @@ def feature_repo_dir(path: str | Path) -> Path:
     return repo
 
 
-def load_item_llm(preset: str | None = None, model_run: str | Path | None = None):
-    """The Item LLM of a trained run (its best weights) or of a preset (frozen/pretrained)."""
+def load_item_llm(preset: str | None = None, model_run: str | Path | None = None,
+                  recorded: dict[str, Any] | None = None):
+    """The Item LLM of a trained run (its best weights), of a preset (frozen/pretrained), or
+    as a feature repo's manifest `recorded` it (its config and seed)."""
     import torch
 
-    from hllm.config import load_config
+    from hllm.config import ItemLLMConfig, load_config
     from hllm.models.item_llm import ItemLLM
     from hllm.onnx_export import load_run_item_llm
 
     if model_run is not None:
         return load_run_item_llm(model_run)[1]
+    if preset is None and recorded and "item_llm" in recorded:
+        torch.manual_seed(recorded["seed"])  # the same random init as the run's HLLM
+        return ItemLLM(ItemLLMConfig(**recorded["item_llm"])).eval()
     if preset is None:
         raise ConfigError("name the Item LLM: a preset (--embed-preset) or a trained run (--model-run)")
     cfg = load_config(preset)
@@ -393,9 +435,10 @@ def add_items(items_file: str, repo: str | Path, embed_preset: str | None = None
         row = int(blank.to_numpy().nonzero()[0][0]) + 1 if fields else 1
         raise DataError(f"{items_file}: data row {row} has no text in any of "
                         f"{fields or 'its columns'}; the Item LLM needs text to embed")
-    if embed_preset is None and model_run is None:
-        embed_preset = (manifest.get("embedding") or {}).get("preset")
-    item_llm = load_item_llm(embed_preset, model_run)
+    recorded = manifest.get("embedding") or {}
+    if embed_preset is None and model_run is None and "item_llm" not in recorded:
+        embed_preset = recorded.get("preset")
+    item_llm = load_item_llm(embed_preset, model_run, recorded)
     texts = [{f: str(row[f]) for f in fields} for _, row in items.iterrows()]
     vectors = item_llm.encode_all(item_llm.tokenize(texts), device=torch.device("cpu")).numpy()
     dim = manifest.get("embedding_dim") or 0

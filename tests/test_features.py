@@ -232,6 +232,46 @@ def test_add_items_are_servable_at_once(tmp_path, toy_data):
     assert {"n1", "n2"} <= set(offline["item_id"])  # pushed to the offline store too
 
 
+def test_the_training_feature_step_embeds_with_the_runs_frozen_item_llm(tmp_path, toy_data,
+                                                                         monkeypatch):
+    """The pipeline's feature step (build_for_training) fills item_embedding with the run's
+    own frozen Item LLM (its config, not its preset's), through the cache training reads,
+    and add-items embeds new items with that same Item LLM; a fine-tuned one is left out."""
+    import torch
+
+    from hllm.config import load_config
+    from hllm.distributed import Dist
+    from hllm.features import build_for_training, item_llm_embeddings
+    from hllm.train import load_split, model_on_device
+
+    monkeypatch.setenv("HLLM_CACHE", str(tmp_path / "cache"))
+    # A random-init Item LLM: its vectors depend on the seed, which the preset does not set.
+    cfg = load_config("cpu-tiny", overrides={"item_llm.trainable": "frozen", "train.seed": 7})
+    result = build_for_training(str(toy_data), tmp_path / "run", cfg)
+    ids, vectors = item_llm_embeddings(str(toy_data), cfg)
+    _, preset_vectors = item_llm_embeddings(str(toy_data), "cpu-tiny")
+    assert not np.allclose(vectors, preset_vectors)  # the config's seed made a difference
+    store = FeatureStore(repo_path=str(result.repo))
+    got = store.get_online_features(features=["item_embedding:embedding"],
+                                    entity_rows=[{"item_id": i} for i in ids]).to_dict()
+    np.testing.assert_allclose(np.array(got["embedding"]), vectors, rtol=1e-6)
+
+    cached = sorted((tmp_path / "cache" / "item-embeddings").glob("*.safetensors"))
+    model_on_device(cfg, "hllm", load_split(str(toy_data), cfg), torch.device("cpu"),
+                    Dist(), False, {})
+    assert sorted((tmp_path / "cache" / "item-embeddings").glob("*.safetensors")) == cached
+
+    new = tmp_path / "new.csv"
+    new.write_text("item_id,title,genre\nn1,Movie 3,Horror\n")  # item 3's text again
+    add_items(str(new), tmp_path / "run")
+    got = FeatureStore(repo_path=str(result.repo)).get_online_features(
+        features=["item_embedding:embedding"], entity_rows=[{"item_id": "n1"}]).to_dict()
+    np.testing.assert_allclose(got["embedding"][0], vectors[ids.index("3")], rtol=1e-4, atol=1e-5)
+
+    tuned = build_for_training(str(toy_data), tmp_path / "tuned", load_config("cpu-tiny"))
+    assert tuned.counts["item_embedding"] == 0  # cpu-tiny trains its Item LLM: not known yet
+
+
 def test_add_items_rejects_items_without_text(tmp_path, toy_data):
     result = build_features(str(toy_data), tmp_path / "run", embed_preset="cpu-tiny")
     before = snapshot(result.repo)
