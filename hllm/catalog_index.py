@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from hllm.errors import DataError, first_line
+from hllm.progress import Progress
 
 EXACT_MAX_ITEMS = 100_000  # above this many items, registration builds the index
 INDEX_FILE = "catalog.faiss"  # the pyfunc artifact's name
@@ -81,8 +82,6 @@ def unit_rows(vectors) -> np.ndarray:
 def build_index(vectors, params: IndexParams = IndexParams(), *, progress: bool | None = None,
                 chunk: int = 16_384):
     """An inner-product HNSW index over the normalised rows of `vectors` (row i = item i)."""
-    from hllm.progress import Progress
-
     faiss = _faiss()
     x = unit_rows(vectors)
     index = faiss.IndexHNSWFlat(x.shape[1], params.m, faiss.METRIC_INNER_PRODUCT)

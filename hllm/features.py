@@ -16,6 +16,7 @@ settings; `user_histories_as_of` for any entity rows); serving reads the online 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 from hllm.atomic import exclusive, swap_dir
 from hllm.data.item_text import item_prompt
 from hllm.data.readers import RawData, read_dataset, read_item_table
-from hllm.config import Config, DataConfig
+from hllm.config import Config, DataConfig, ItemLLMConfig, load_config, replace
 from hllm.data.split import build_split, event_microseconds, prepared_interactions, time_ordered
 from hllm.errors import ConfigError, DataError, HLLMError, SaveError, first_line
 from hllm.progress import Progress
@@ -60,7 +61,6 @@ def item_llm_embeddings(data: str, preset: str | Config) -> tuple[list[str], np.
     """
     import torch
 
-    from hllm.config import load_config, replace
     from hllm.distributed import Dist
     from hllm.item_cache import load_or_compute_item_cache
     from hllm.models.hllm import HLLM
@@ -218,8 +218,6 @@ def repo_objects(repo: Path) -> list:
     neither sys.path nor the working directory changes (the `feast apply` CLI imports
     repo modules by name from the working directory).
     """
-    import importlib.util
-
     from feast import Entity, FeatureService, FeatureView
     from feast.data_source import DataSource
 
@@ -397,7 +395,6 @@ def load_item_llm(preset: str | None = None, model_run: str | Path | None = None
     as a feature repo's manifest `recorded` it (its config and seed)."""
     import torch
 
-    from hllm.config import ItemLLMConfig, load_config
     from hllm.models.item_llm import ItemLLM
     from hllm.onnx_export import load_run_item_llm
 

@@ -27,13 +27,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
+import yaml
 
-from hllm.catalog_index import EXACT_MAX_ITEMS, INDEX_FILE
+from hllm.catalog_index import EXACT_MAX_ITEMS, INDEX_FILE, load_index, search, write_catalog_index
+from hllm.config import config_from_dict
 from hllm.errors import ConfigError, HLLMError
 
 log = logging.getLogger(__name__)
@@ -71,7 +76,6 @@ def write_artifacts(run_dir: Path, out: Path, model, cfg, model_name: str,
     import torch
     from safetensors.torch import load_file, save_file
 
-    from hllm.catalog_index import write_catalog_index
     from hllm.models.hllm import HLLM
 
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,6 @@ def _user_tower(tower: dict[str, Any], cfg, weights: dict, num_items: int):
                        cfg.train.logit_scale_init, cfg.train.logit_scale_max)
         model.load_state_dict(weights)
         return model.eval(), model.user_states
-    from dataclasses import replace
 
     from hllm.models.user_llm import UserLLM
 
@@ -161,10 +164,7 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         import torch
-        import yaml
         from safetensors.torch import load_file
-
-        from hllm.config import config_from_dict
 
         art = context.artifacts
         saved = yaml.safe_load(Path(art["config.yaml"]).read_text())
@@ -177,8 +177,6 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
         self.catalog = None  # the HNSW index, when the version ships one
         self.items = None    # normalised table: exact scoring only
         if INDEX_FILE in art:
-            from hllm.catalog_index import load_index
-
             self.catalog = load_index(Path(art[INDEX_FILE]), width=self.table.shape[1],
                                       rows=len(self.item_ids))
         else:
@@ -241,8 +239,6 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
     def _from_index(self, user_vec, chunk: list[int], hists: list[list[int]], ks: list[int],
                     exclude: bool, answers: list) -> None:
         """Approximate top-k for the rows in `chunk` from catalog.faiss (padding never returned)."""
-        from hllm.catalog_index import search
-
         skip = [hists[r] if exclude else [] for r in chunk]
         found = search(self.catalog, user_vec.numpy(), [ks[r] for r in chunk], skip)
         for r, (ids, scores) in zip(chunk, found):
@@ -251,7 +247,6 @@ class HLLMRecommender(mlflow.pyfunc.PythonModel):
     def _user_vectors(self, hists: list[list[int]], eager: bool = False):
         """(B, D) normalised user vectors, computed exactly as hllm.evaluate.user_ranks does:
         by the ONNX graph when the version ships one (unless `eager`), else by PyTorch."""
-        import numpy as np
         import torch
         import torch.nn.functional as F
 
@@ -275,8 +270,6 @@ def pip_requirements(catalog_index: bool = False, user_tower_onnx: bool = False)
     catalog_index: the version ships catalog.faiss, so serving needs faiss-cpu too;
     user_tower_onnx: it ships user_tower.onnx, served by onnxruntime.
     """
-    from importlib.metadata import version
-
     pins = ["torch", "transformers", "safetensors", "numpy", "pandas", "pyyaml", "mlflow"]
     if catalog_index:
         pins.append("faiss-cpu")
@@ -287,8 +280,6 @@ def pip_requirements(catalog_index: bool = False, user_tower_onnx: bool = False)
 
 def onnx_runtime_dist() -> str:
     """The onnxruntime build installed here, GPU or CPU (both run on CPU), for pins."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         version("onnxruntime-gpu")
         return "onnxruntime-gpu"

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from hllm import storage
+from hllm.config import load_config
 from hllm.errors import HLLMError
 
 log = logging.getLogger(__name__)
@@ -288,8 +290,6 @@ def train_distributed(model: str, data: str, out: str | Path, *, preset: str = "
 
     Returns the run's metrics.json (what hllm.train.train returns in one process).
     """
-    from hllm import storage
-
     if not storage.is_s3(data):
         raise ValueError(f"data {data!r}: every node reads the data itself; pass an s3:// URI")
     name = job_name(model)
@@ -323,7 +323,6 @@ def train_placed(model: str, data: str, out: str | Path, *, preset: str = "", co
                      "%s is this step's artifact, out of the job's reach)", feature_repo)
         return train_distributed(model, data, out, preset=preset, config_file=config_file,
                                  nodes=nodes, gpus_per_node=gpus_per_node, image=image)
-    from hllm.config import load_config
     from hllm.train import train
 
     # The pipeline's validate step checked this data (same data_version) and gates this branch.
@@ -335,8 +334,6 @@ def train_placed(model: str, data: str, out: str | Path, *, preset: str = "", co
 
 def launch(command: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Run `command`; then, on node 0 only, copy HLLM_RUN_DIR to HLLM_OUTPUT_URI."""
-    from hllm import storage
-
     environ = os.environ if environ is None else environ
     if not command:
         raise ValueError("launch: no command to run")

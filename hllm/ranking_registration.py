@@ -21,11 +21,13 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from hllm import lineage, tracking
 from hllm.catalog_index import EXACT_MAX_ITEMS, INDEX_FILE
+from hllm.config import config_from_dict
 from hllm.errors import ConfigError, DataError
 from hllm.registry import code_dir
 from hllm.tasks import ModelToRegister, RegistrationPlan
@@ -116,7 +118,6 @@ def rebuild_model_dir(run_dir: Path, config: dict[str, Any], metrics: dict[str, 
     (user_tower: "onnx" ships the user tower as an ONNX graph too, "eager" does not)."""
     import torch
 
-    from hllm.config import config_from_dict
     from hllm.distributed import Dist
     from hllm.item_cache import load_or_compute_item_cache
     from hllm.models.hllm import HLLM
@@ -204,7 +205,6 @@ def _log_recommender(prep: Prepared, workdir: Path):
 def _log_onnx(onnx_dir: Path):
     import mlflow.onnx
     import onnx
-    from importlib.metadata import version
 
     from hllm.pyfunc_model import onnx_runtime_dist
 

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from hllm.charts import line_chart
 from hllm.report_html import comparison_sections, epoch_view, render, verdict_view
+from hllm.tracking import resolve_uri
 
 TEST_METRICS = ("recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 RECALL_KS = (10, 50, 200)
@@ -158,8 +159,6 @@ def link_report(versions: Sequence[tuple[str, str]], report_uri: str,
                 tracking_uri: str | None = None) -> None:
     """Tag each registered version with where its run report lives (lineage for reviewers)."""
     from mlflow.tracking import MlflowClient
-
-    from hllm.tracking import resolve_uri
 
     client = MlflowClient(resolve_uri(tracking_uri))
     for name, version in versions:

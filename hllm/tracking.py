@@ -20,6 +20,7 @@ import subprocess
 import urllib.parse
 import urllib.request
 from functools import wraps
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -134,8 +135,6 @@ def git_commit() -> str | None:
 
 
 def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("hllm-platform")
     except PackageNotFoundError:

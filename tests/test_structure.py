@@ -138,3 +138,88 @@ def test_every_third_party_import_is_a_declared_dependency():
             if not dists & declared:
                 missing.add(f"{top} ({', '.join(sorted(dists))}) in {path.relative_to(ROOT)}")
     assert not missing, sorted(missing)
+
+
+# Third-party packages whose import costs enough (or pulls in enough) that a function may
+# import them when it runs; a project module that imports one at its top is heavy too.
+HEAVY = {"torch", "transformers", "mlflow", "feast", "onnx", "onnxruntime", "onnxscript",
+         "great_expectations", "kubernetes", "faiss", "matplotlib", "kserve", "fastapi",
+         "uvicorn", "boto3", "botocore", "scipy", "dask", "safetensors", "gguf", "moto",
+         "pandas", "pyarrow"}
+# Command dispatchers: each command imports its own code when it runs, so `hllm --help` and
+# the light commands start in ~20 ms instead of loading every step's modules (hllm.config,
+# tracking, gate, registry, experiment and msr's entry each cost 50-200 ms to import).
+LAZY_BY_DESIGN = {"hllm/cli.py", "hllm/msr/__main__.py"}
+
+
+def top_level_imports(path: Path) -> list[str]:
+    """Modules (and module.name pairs) a file imports when it is imported itself."""
+    found: list[str] = []
+
+    def scan(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                found.extend(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.extend([node.module, *(f"{node.module}.{a.name}" for a in node.names)])
+            elif isinstance(node, (ast.If, ast.Try)):
+                scan(node.body)
+                scan(node.orelse)
+                for handler in getattr(node, "handlers", []):
+                    scan(handler.body)
+
+    scan(ast.parse(path.read_text()).body)
+    return found
+
+
+def heavy_modules() -> set[str]:
+    """Project modules that load a HEAVY package when imported, directly or through others."""
+    tops = {name: top_level_imports(path) for name, path in modules().items()}
+    heavy = {m for m, found in tops.items() if any(t.split(".")[0] in HEAVY for t in found)}
+    grew = True
+    while grew:
+        grew = False
+        for m, found in tops.items():
+            if m not in heavy and any(t in heavy for t in found):
+                heavy.add(m)
+                grew = True
+    return heavy
+
+
+def light_function_imports() -> list[str]:
+    """Imports inside functions of a light module, without a comment saying why."""
+    heavy = heavy_modules()
+    found = []
+    for name, path in modules().items():
+        relative = path.relative_to(ROOT).as_posix()
+        if not name.startswith("hllm") or relative in LAZY_BY_DESIGN:
+            continue
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                else:
+                    continue
+                if any(t.split(".")[0] in HEAVY or t in heavy for t in targets):
+                    continue
+                here, above = lines[node.lineno - 1], lines[node.lineno - 2].strip()
+                if "#" not in here and not above.startswith("#"):
+                    found.append(f"{relative}:{node.lineno}: {here.strip()}")
+    return sorted(set(found))
+
+
+def test_imports_sit_at_the_top_unless_a_heavy_dependency_or_a_comment_says_why():
+    """A function-level import is for a heavy package (or a module that loads one), or it
+    carries a comment with its reason; everything else is imported at the module's top."""
+    assert light_function_imports() == []
+
+
+def test_heavy_modules_follow_their_imports():
+    heavy = heavy_modules()
+    assert {"hllm.train", "hllm.features", "hllm.pyfunc_model"} <= heavy  # torch, pandas, mlflow
+    assert not {"hllm.errors", "hllm.atomic", "hllm.progress"} & heavy

@@ -16,6 +16,7 @@ Three parts, each from something the run really holds:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,6 @@ def _summary(run, user: str, prompt: str, feature_repo: str | None, generate: bo
 
 def _feast_text(feature_repo: str, user: str) -> str:
     """The generated text stored beside the user's knowledge vector in the online store."""
-    import os
-
     os.environ.setdefault("FEAST_USAGE", "False")
     from feast import FeatureStore
 

@@ -12,6 +12,7 @@ With a feature repo, the same vectors are pushed to Feast (`scenario_knowledge`,
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,6 @@ def knowledge_from_feature_store(repo: str | Path, enc: Encoded
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The scenario and user vectors read back from the Feast views they were pushed to,
     in the order `enc` indexes them (the online store: one row per key, the newest push)."""
-    import os
-
     os.environ.setdefault("FEAST_USAGE", "False")
     from feast import FeatureStore
 

@@ -38,7 +38,8 @@ from torch import nn
 
 from hllm import strict_json
 from hllm.atomic import swap_dir
-from hllm.errors import ConfigError
+from hllm.errors import ConfigError, DataError
+from hllm.lineage import data_sha256
 from hllm.msr.config import MSRConfig, config_from_dict
 from hllm.msr.data import (SPLITS, Encoded, MSRRows, encode, index_rows, load_rows,
                            require_auc_cells)
@@ -72,8 +73,6 @@ def train_run(cfg: MSRConfig, data: str, out: str | Path, *, llm4msr: bool = Tru
     knowledge_dir: vectors written by `hllm msr knowledge --out` (the pipeline's knowledge
     step); without it they come from the knowledge cache, or the LLM on a miss.
     """
-    from hllm.lineage import data_sha256
-
     out = Path(out)
     t0 = time.perf_counter()
     rows = rows or load_rows(data, cfg.data)
@@ -240,8 +239,6 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None, data: str |
     Refuses a changed split (the metrics would not be comparable); writes metrics.json and
     test_predictions.npz under `out` (default: the run directory), the gate's evidence.
     """
-    from hllm.errors import DataError
-
     run = load_run(run_dir)
     data = data or run.info["dataset"]
     rows = load_rows(data, run.config.data)

@@ -15,6 +15,7 @@ Features (each with the config key that controls it):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import sys
 import time
@@ -134,8 +135,6 @@ def compare(cfg: MSRConfig, data_uri: str, *, backbones: tuple[str, ...] | None 
             device: torch.device | str = "cpu", progress: bool | None = None,
             rows: MSRRows | None = None) -> dict:
     """Each backbone alone and with LLM4MSR, on the same split, through the same evaluator."""
-    import dataclasses
-
     from hllm.msr.knowledge import build_knowledge
 
     names = backbones or (cfg.model.backbone,)

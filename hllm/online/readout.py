@@ -31,11 +31,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from hllm.atomic import write_text
 from hllm.errors import DataError
 from hllm.experiment import ABConfig, Guardrail, RampStage, load_ab_config
 from hllm.online import ab_stats
 from hllm.online.exposure import read_log
 from hllm.report_html import fmt, render
+from hllm.tracking import check_server, resolve_uri
 
 ARMS = ("control", "treatment")
 DEFAULT_KS = (10,)
@@ -360,8 +362,6 @@ def log_readout(r: Readout, html_text: str, tracking_uri: str) -> str:
     """
     import mlflow
 
-    from hllm.tracking import check_server
-
     check_server(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(READOUT_EXPERIMENT)
@@ -386,9 +386,6 @@ def run_readout(ab_config: str | Path, exposure_log: str, html_out: str | Path |
                 tracking_uri: str | None = None, ks: tuple[int, ...] = DEFAULT_KS,
                 min_users: int = MIN_USERS) -> tuple[Readout, str | None]:
     """The CLI's work: read, decide, write the page, log the run (when a URI is set)."""
-    from hllm.atomic import write_text
-    from hllm.tracking import resolve_uri
-
     cfg = load_ab_config(ab_config)
     result = readout(cfg, read_log(exposure_log), log=str(exposure_log), ks=ks,
                      confidence=cfg.gate.confidence, min_users=min_users)

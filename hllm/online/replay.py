@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import socket
 import time
 import urllib.error
@@ -32,8 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from hllm.atomic import swap_dir
 from hllm.errors import ConfigError, DataError
 from hllm.progress import Progress
 
@@ -42,7 +45,6 @@ TRAFFIC_COLUMNS = ("user_id", "item_id", "timestamp")
 
 def hold_back(data: str, out: str | Path) -> dict[str, int]:
     """Split `data` into history (out/history/) and each user's newest interaction (traffic)."""
-    from hllm.atomic import swap_dir
     from hllm.data.readers import read_dataset
     from hllm.data.split import time_ordered
 
@@ -57,7 +59,6 @@ def hold_back(data: str, out: str | Path) -> dict[str, int]:
                         f"interaction only (first: {alone[0]!r}); nothing is left as history")
     staged = out.with_name(f".{out.name}.staged")
     if staged.exists():
-        import shutil
         shutil.rmtree(staged)
     (staged / "history").mkdir(parents=True)
     history.to_parquet(staged / "history" / "interactions.parquet", index=False)
@@ -107,8 +108,6 @@ class ReplayResult:
     errors: list[str] = field(default_factory=list)  # the first few, for the operator
 
     def summary(self) -> dict:
-        import numpy as np
-
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
         return {"requests": self.requests, "statuses": dict(self.statuses),
                 "arms": dict(self.arms), "shown": self.shown, "seconds": round(self.seconds, 1),
