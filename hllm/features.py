@@ -52,12 +52,13 @@ MANIFEST = "hllm_features.json"  # what the repo was built from, and with which 
 ONLINE_WRITE_ROWS = 10_000  # user_history rows per online write (a progress line between)
 
 
-def item_llm_embeddings(data: str, preset: str | Config) -> tuple[list[str], np.ndarray]:
+def item_llm_embeddings(data: str, preset: str | Config,
+                        raw: RawData | None = None) -> tuple[list[str], np.ndarray]:
     """Raw item ids and their frozen Item LLM embeddings (through the embedding cache).
 
     `preset`: a preset name, or a run's whole Config (its Item LLM as a config file or
     --set left it); the cache key is the one training uses, so either side reuses the
-    other's pass.
+    other's pass. `raw`: the dataset already read (the feature build's), not read again.
     """
     import torch
 
@@ -67,7 +68,7 @@ def item_llm_embeddings(data: str, preset: str | Config) -> tuple[list[str], np.
 
     base = load_config(preset) if isinstance(preset, str) else preset
     cfg = replace(base, {"item_llm.trainable": "frozen", "item_llm.standardize": False})
-    split = build_split(read_dataset(data, cfg.data.format), cfg.data)
+    split = build_split(raw if raw is not None else read_dataset(data, cfg.data.format), cfg.data)
     torch.manual_seed(cfg.train.seed)
     model = HLLM(cfg, split.item_text)
     load_or_compute_item_cache(model, cfg, torch.device("cpu"), Dist())
@@ -278,7 +279,7 @@ def build_features(data: str, run_dir: str | Path, max_history: int = 50,
             raise DataError(f"features not built (nothing written): {report.summary()}")
     raw = read_dataset(data)
     if embed_preset is not None:
-        embedding_ids, embeddings = item_llm_embeddings(data, embed_preset)
+        embedding_ids, embeddings = item_llm_embeddings(data, embed_preset, raw)
     # Absolute from here on: the repo records its sources relative to its own path.
     run_dir = Path(run_dir).resolve()
     created = not run_dir.exists()
