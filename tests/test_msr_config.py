@@ -36,7 +36,7 @@ def test_every_bad_value_is_named_together():
         "  'train.lr': -1.0, must be > 0",
         "  'model.dropout': 1.5, must be in [0, 0.99]",
         "  'model.backbone': 'transformer', must be one of star, mmoe, shared-bottom, ple",
-        "  'knowledge.pooling': 'max', must be one of last, mean",
+        "  'knowledge.pooling': 'max', must be one of last, mean, answer",
     ]
 
 

@@ -75,6 +75,50 @@ def test_generated_text_is_optional_and_cached(cfg):
     assert again.stats.cache_hit and again.texts == out.texts
 
 
+def _answer_mean(llm: K.FrozenLLM, ids: list[int], new: list[int]) -> torch.Tensor:
+    """What pooling="answer" should give, from one unpadded forward pass over prompt + answer."""
+    seq = torch.tensor([ids + new])
+    with torch.no_grad():
+        h = llm.model.base_model(input_ids=seq).last_hidden_state[0]
+    return h[len(ids) - 1: len(ids) + len(new)].mean(0)  # the cue, then every answer token read back
+
+
+def test_answer_pooling_averages_the_states_read_while_writing_the_answer(cfg):
+    cfg = dataclasses.replace(cfg, pooling="answer", max_new_tokens=5, batch_size=3)
+    llm = K.FrozenLLM(cfg)
+    got = K.extract_knowledge(PROMPTS, cfg, llm=llm, progress=False)
+    assert set(got.texts) == set(PROMPTS) and got.stats.answer_tokens == 3 * 5
+    for row, key in enumerate(PROMPTS):
+        ids = llm.encode(PROMPTS[key], cfg)
+        new = llm.model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False,
+                                 pad_token_id=llm.pad_id)[0, len(ids):].tolist()
+        # the fifth token written is never read back, so four answer states plus the cue
+        torch.testing.assert_close(got.vectors[row], _answer_mean(llm, ids, new[:4]), atol=1e-4, rtol=1e-4)
+    last = K.extract_knowledge(PROMPTS, dataclasses.replace(cfg, pooling="last"), llm=llm, progress=False)
+    assert not torch.allclose(got.vectors, last.vectors)
+    # the answer length is part of the cache key; the same settings hit the cache with the texts
+    assert K.cache_path(PROMPTS, cfg) != K.cache_path(PROMPTS, dataclasses.replace(cfg, max_new_tokens=6))
+    again = K.extract_knowledge(PROMPTS, cfg, progress=False)
+    assert again.stats.cache_hit and again.texts == got.texts
+
+
+def test_answer_pooling_stops_at_the_end_token_whatever_the_batch(cfg):
+    cfg = dataclasses.replace(cfg, pooling="answer", max_new_tokens=6)
+    llm = K.FrozenLLM(cfg)
+    ids = llm.encode(PROMPTS["c"], cfg)
+    new = llm.model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
+                             pad_token_id=llm.pad_id)[0, len(ids):].tolist()
+    end = new[2]
+    llm.model.generation_config.eos_token_id = end  # the prompt's answer now ends at its third token
+    stop = new.index(end)
+    alone = K.extract_knowledge({"c": PROMPTS["c"]}, cfg, llm=llm, progress=False)
+    assert alone.stats.answer_tokens == stop + 1  # the end token counts as written
+    torch.testing.assert_close(alone.vectors[0], _answer_mean(llm, ids, new[:stop]), atol=1e-4, rtol=1e-4)
+    # beside prompts that write on, the finished row is fed padding: its vector must not move
+    batched = K.extract_knowledge(PROMPTS, dataclasses.replace(cfg, batch_size=3), llm=llm, progress=False)
+    torch.testing.assert_close(batched.vectors[2], alone.vectors[0], atol=1e-4, rtol=1e-4)
+
+
 def _rows() -> MSRRows:
     train = pd.DataFrame({"user_id": ["1", "1", "1", "2"], "item_id": ["10", "11", "12", "10"],
                           "scenario": ["family", "family", "action", "action"], "label": [1, 0, 1, 1],

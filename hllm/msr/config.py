@@ -64,13 +64,13 @@ class KnowledgeConfig:
     path: str | None = SMOLLM2  # alias, local HF dir or s3:// prefix; None = random `arch`
     arch: dict[str, Any] = field(default_factory=dict)  # LlamaConfig kwargs when path is None
     tokenizer: str = "auto"  # auto: the model's own; bytes: UTF-8 bytes (tiny tests)
-    pooling: str = "last"  # last: final hidden state of the last prompt token | mean
+    pooling: str = "last"  # last: final state of the last prompt token | mean | answer (after generating)
     chat_template: bool = True  # wrap prompts as a user turn (instruct models) when available
     max_prompt_tokens: int = 384  # prompts are cut from the left-most side of the history
     batch_size: int = 8
     items_per_scenario: int = 3  # user prompt: most recent liked and disliked titles per scenario
     generate_text: bool = False  # also store greedy answers (interpretability); slow on CPU
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64  # answer length for generate_text and pooling=answer
     seed: int = 0  # only for random-init models (tests)
 
 
@@ -144,7 +144,7 @@ MSR_RULES = ValueRules(
             "model.meta_activation": ("relu", "tanh", "identity"),
             "data.scenario_rule": ("auto", "genre-group", "column"),
             "data.split": ("time", "random"),
-            "knowledge.pooling": ("last", "mean")},
+            "knowledge.pooling": ("last", "mean", "answer")},
 )
 
 

@@ -12,7 +12,12 @@ Readout (MODELS.md B.1 says "last hidden state", token not confirmed): by defaul
 final-layer hidden state of the **last prompt token** (pooling="last"). With the chat
 template on, that token ends "<|im_start|>assistant\\n", the state from which the LLM
 would start its answer, so it summarises the question as the model reads it.
-pooling="mean" averages the final states of all real tokens instead.
+pooling="mean" averages the final states of all real tokens instead. pooling="answer"
+is the paper's route (its ChatGLM2 answers, then the hidden state): the LLM first writes
+its answer greedily (up to `max_new_tokens`), and the vector is the mean final-layer state
+over the tokens it read while writing it: the answer cue, then each token it wrote
+before its end token (the last one written is never read back). It costs
+the generation (tens of decoding steps per batch) and stores the answers as texts.
 
 Batching: prompts sorted by length, left-padded (the last real token then sits at the
 same column for every row), with explicit position ids counting real tokens only, so a
@@ -48,6 +53,8 @@ from hllm.progress import Progress
 
 log = logging.getLogger(__name__)
 
+POOLINGS = ("last", "mean", "answer")
+
 # Total LLM forward passes (batches) in this process: tests assert it does not move on a cache hit.
 LLM_FORWARD_CALLS = 0
 
@@ -59,7 +66,13 @@ class KnowledgeStats:
     llm_forward_calls: int  # forward passes (batches) run for this call; 0 on a cache hit
     seconds: float
     path: str
-    prompt_tokens: int = 0  # tokens fed to the LLM (0 on a cache hit)
+    prompt_tokens: int = 0  # prompt tokens fed to the LLM (0 on a cache hit)
+    answer_tokens: int = 0  # tokens the LLM wrote (pooling="answer" or generate_text)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Prompt plus answer tokens over the wall time (0 on a cache hit)."""
+        return (self.prompt_tokens + self.answer_tokens) / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -133,6 +146,8 @@ def model_identity(cfg: KnowledgeConfig) -> dict:
     """What decides the vectors besides the prompts: hashed into the cache key."""
     ident = {"pooling": cfg.pooling, "chat_template": cfg.chat_template,
              "max_prompt_tokens": cfg.max_prompt_tokens, "tokenizer": cfg.tokenizer}
+    if cfg.pooling == "answer":  # the answer's length decides its vector
+        ident["max_new_tokens"] = cfg.max_new_tokens
     if cfg.path is None:
         return {**ident, "arch": cfg.arch, "seed": cfg.seed}
     directory = resolve_model_dir(cfg.path)
@@ -220,7 +235,44 @@ class FrozenLLM:
         out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   max_new_tokens=max_new_tokens, do_sample=False,
                                   pad_token_id=self.pad_id)
-        new = out[:, batch["input_ids"].size(1):]
+        return self.decode(out[:, batch["input_ids"].size(1):])
+
+    @torch.no_grad()
+    def answer_vectors(self, batch: dict[str, torch.Tensor], max_new_tokens: int
+                       ) -> tuple[torch.Tensor, list[str], int]:
+        """The mean final-layer state while the LLM writes its greedy answer, the answers,
+        and how many answer tokens were written (up to each row's end token)."""
+        global LLM_FORWARD_CALLS
+        LLM_FORWARD_CALLS += 1
+        out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=self.pad_id, output_hidden_states=True,
+                                  return_dict_in_generate=True)
+        # Step t's final-layer states belong to the tokens fed at step t: the whole prompt
+        # at t = 0 (its last column, every row's answer cue, under left padding), then the
+        # answer token written at step t - 1. The last token written is never fed back.
+        steps = [out.hidden_states[0][-1][:, -1:]] + [s[-1] for s in out.hidden_states[1:]]
+        states = torch.cat(steps, 1).float()  # (B, T, D)
+        new = out.sequences[:, batch["input_ids"].size(1):]  # (B, T)
+        is_end = torch.isin(new, torch.tensor(sorted(self.end_ids), dtype=new.dtype, device=new.device))
+        first = torch.ones_like(new[:, :1], dtype=torch.bool)
+        # the answer proper: every token written up to and including the row's first end token
+        # (a finished row is fed padding until the whole batch is done)
+        answer = torch.cat([first, is_end.cumsum(1)[:, :-1] == 0], 1)
+        # The cue, then each answer token fed back, the end token excepted: a row that ends
+        # early gets the same vector alone as beside rows that go on writing.
+        keep = torch.cat([first, (answer & ~is_end)[:, :-1]], 1)
+        vectors = (states * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
+        return vectors, self.decode(new.masked_fill(~answer, self.pad_id)), int(answer.sum())
+
+    @property
+    def end_ids(self) -> set[int]:
+        """Token ids that end an answer: the generation config's EOS (one or several)."""
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if eos is not None else self.model.config.eos_token_id
+        return set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+
+    def decode(self, new: torch.Tensor) -> list[str]:
         if self.tok is None:
             return [bytes(t for t in row.tolist() if t < 256).decode("utf-8", "replace") for row in new]
         return self.tok.batch_decode(new, skip_special_tokens=True)
@@ -230,13 +282,13 @@ def extract_knowledge(prompts: dict[str, str], cfg: KnowledgeConfig, *,
                       device: torch.device | str = "cpu", progress: bool | None = None,
                       llm: FrozenLLM | None = None) -> Knowledge:
     """Knowledge vectors for {key: prompt}, from the cache when the model and prompts match."""
-    if cfg.pooling not in ("last", "mean"):
-        raise ConfigError(f"knowledge.pooling must be last or mean, got {cfg.pooling!r}")
+    if cfg.pooling not in POOLINGS:
+        raise ConfigError(f"knowledge.pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}")
     start = time.perf_counter()
     keys = list(prompts)
     path = cache_path(prompts, cfg)
     texts_path = path.with_suffix(".json")
-    need_texts = cfg.generate_text and not texts_path.exists()
+    need_texts = (cfg.generate_text or cfg.pooling == "answer") and not texts_path.exists()
     if path.exists() and not need_texts:
         with safe_open(str(path), framework="pt") as f:
             vectors = f.get_tensor("vectors")
@@ -253,26 +305,33 @@ def extract_knowledge(prompts: dict[str, str], cfg: KnowledgeConfig, *,
     order = sorted(range(len(keys)), key=lambda i: len(seqs[i]))
     vectors = torch.empty(len(keys), llm.model.config.hidden_size)
     texts: dict[str, str] = {}
+    written = 0
     shown = Progress(len(keys), "knowledge", "prompt", bar=progress)
     for s in range(0, len(order), cfg.batch_size):
         idx = order[s: s + cfg.batch_size]
         batch = llm.batch([seqs[i] for i in idx], device)
-        vectors[idx] = llm.vectors(batch, cfg.pooling).cpu()
-        if cfg.generate_text:
-            for i, text in zip(idx, llm.generate(batch, cfg.max_new_tokens)):
-                texts[keys[i]] = text
+        if cfg.pooling == "answer":
+            got, answers, n = llm.answer_vectors(batch, cfg.max_new_tokens)
+            vectors[idx] = got.cpu()
+            texts.update((keys[i], text) for i, text in zip(idx, answers))
+            written += n
+        else:
+            vectors[idx] = llm.vectors(batch, cfg.pooling).cpu()
+            if cfg.generate_text:
+                texts.update((keys[i], text) for i, text in zip(idx, llm.generate(batch, cfg.max_new_tokens)))
         shown.update(len(idx))
     shown.close()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"vectors": vectors.contiguous()}, str(tmp), metadata={"keys": json.dumps(keys)})
     tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
-    if cfg.generate_text:
+    if texts:
         texts_path.write_text(json.dumps(texts, indent=1, ensure_ascii=False))
     stats = KnowledgeStats(len(keys), False, LLM_FORWARD_CALLS - calls_before,
-                           time.perf_counter() - start, str(path), sum(len(s) for s in seqs))
-    log.info("knowledge for %d prompts computed in %.1fs (%d tokens), cached at %s",
-             len(keys), stats.seconds, stats.prompt_tokens, path)
+                           time.perf_counter() - start, str(path), sum(len(s) for s in seqs), written)
+    log.info("knowledge for %d prompts computed in %.1fs (%d prompt + %d answer tokens, %.0f tokens/s), "
+             "cached at %s", len(keys), stats.seconds, stats.prompt_tokens, stats.answer_tokens,
+             stats.tokens_per_second, path)
     return Knowledge(keys, vectors, stats, texts or None)
 
 
@@ -286,8 +345,8 @@ def build_knowledge(rows: MSRRows, enc: Encoded, cfg: KnowledgeConfig, *,
     # Load the LLM once, and only when at least one of the two tables (or, with
     # generation on, their texts) misses the cache.
     paths = [cache_path(p, cfg) for p in (scen_prompts, user_p)]
-    cached = all(p.exists() and (not cfg.generate_text or p.with_suffix(".json").exists())
-                 for p in paths)
+    wants_texts = cfg.generate_text or cfg.pooling == "answer"
+    cached = all(p.exists() and (not wants_texts or p.with_suffix(".json").exists()) for p in paths)
     if not cached:
         llm = FrozenLLM(cfg)
     scen = extract_knowledge(scen_prompts, cfg, device=device, progress=progress, llm=llm)
