@@ -36,6 +36,11 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def plural(unit: str) -> str:
+    """batch -> batches, prompt -> prompts: progress lines are read by people."""
+    return unit + ("es" if unit.endswith(("s", "x", "ch", "sh")) else "s")
+
+
 class Progress:
     """`update(n)` as work is done; use as a context manager so the last line is written.
 
@@ -47,6 +52,7 @@ class Progress:
                  initial: int = 0, interval: float | None = None,
                  logger: logging.Logger | None = None, clock: Callable[[], float] = time.monotonic):
         self.total, self.desc, self.unit = total, desc, unit
+        self.units = plural(unit)
         self.interval = INTERVAL_S if interval is None else interval
         self.log, self.clock = logger or log, clock
         self.done = self.initial = initial  # a resumed epoch starts part-way
@@ -71,8 +77,8 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta = duration(left) if left != float("inf") else "unknown time"
-        return (f"{self.desc}: {self.done:,}/{self.total:,} {self.unit}s ({pct:.0f}%), "
-                f"{rate:.1f} {self.unit}s/s, {eta} left")
+        return (f"{self.desc}: {self.done:,}/{self.total:,} {self.units} ({pct:.0f}%), "
+                f"{rate:.1f} {self.units}/s, {eta} left")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -80,7 +86,7 @@ class Progress:
             return
         elapsed = self.clock() - self.start
         if elapsed >= self.interval:  # short work says nothing extra
-            self.log.info("%s: %s %ss in %s", self.desc, f"{self.done - self.initial:,}", self.unit,
+            self.log.info("%s: %s %s in %s", self.desc, f"{self.done - self.initial:,}", self.units,
                           duration(elapsed))
 
     def __enter__(self) -> "Progress":

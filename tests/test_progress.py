@@ -55,3 +55,13 @@ def test_a_resumed_count_measures_the_rate_from_where_it_started(caplog):
         clock.now = 10
         p.update(20)
     assert caplog.records[0].getMessage() == "epoch 3/40: 60/100 steps (60%), 2.0 steps/s, 20 s left"
+
+
+def test_units_read_as_english_plurals(caplog):
+    clock = Clock()
+    with caplog.at_level(logging.INFO, logger="hllm.progress"):
+        with Progress(10, "epoch 0", "batch", bar=False, interval=1, clock=clock) as p:
+            clock.now += 2
+            p.update(4)
+    assert [r.getMessage() for r in caplog.records] == [
+        "epoch 0: 4/10 batches (40%), 2.0 batches/s, 3 s left", "epoch 0: 4 batches in 2 s"]
