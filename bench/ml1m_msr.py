@@ -21,7 +21,9 @@ Every AUC comparison is over the seeds given, paired per seed (same split, same 
 vectors), with a paired t-test per scenario; the best epoch is chosen on validation and
 the test split is read once per run. Knowledge for 6,040 users through SmolLM2 takes
 about half an hour on 2 cores; it is cached by prompt hash, shows progress, and
-`--max-users N` keeps users 1..N for a quick run.
+`--max-users N` keeps users 1..N for a quick run. Once per split, before training, the
+linear probes of `hllm msr probe` (with their random control) read the same knowledge
+vectors; they go to probes.json and under the AUC table in table.md.
 """
 
 from __future__ import annotations
@@ -131,6 +133,33 @@ def table(results: dict, scenarios: list[str]) -> str:
     return "\n".join(lines)
 
 
+def probe_table(probes: dict) -> str:
+    """Markdown: per split, each probe on the knowledge vectors beside its random control."""
+    lines = ["| split | target | metric | users | knowledge vectors | random vectors |",
+             "|---|---|---|---|---|---|"]
+    for split, got in probes.items():
+        for r in got["probes"]:
+            lines.append(f"| {split} | {r['target']} | {r['metric']} | {r['users']:,} | "
+                         f"{r['knowledge']:.3f} | {r['random']:.3f} |")
+        lines.append(f"| {split} | scenario vectors, mean pairwise cosine | cosine | | "
+                     f"{got['scenario_cosine']:.3f} | {got['scenario_cosine_random']:.3f} |")
+    return "\n".join(lines)
+
+
+def probe_split(cfg, rows) -> dict:
+    """`hllm msr probe` on this split's knowledge (from the cache the trainings filled)."""
+    from hllm.msr.data import encode
+    from hllm.msr.knowledge import build_knowledge
+    from hllm.msr.probes import run_probes, scenario_similarity
+
+    scen, users = build_knowledge(rows, encode(rows), cfg.knowledge)
+    cosine = scenario_similarity(scen.vectors.numpy(), seed=cfg.train.seed)
+    return {"probes": [r.to_dict() for r in run_probes(users.vectors.numpy(), users.keys, rows,
+                                                        seed=cfg.train.seed)],
+            "scenario_cosine": cosine[0], "scenario_cosine_random": cosine[1],
+            "knowledge": vars(users.stats)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-users", type=int, help="keep users 1..N (quick runs)")
@@ -160,8 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     # finished, and --resume goes on from there instead of training those again.
     done_file = out / "results.json"
     results: dict = json.loads(done_file.read_text()) if args.resume and done_file.is_file() else {}
+    probes_file = out / "probes.json"
+    probes: dict = json.loads(probes_file.read_text()) if args.resume and probes_file.is_file() else {}
     scenarios: list[str] = []
     for split in args.splits.split(","):
+        if split not in probes:  # what the knowledge vectors hold, once per split (seconds)
+            cfg = load_msr_config(args.preset, overrides={**FIELDS, "data.split": split})
+            probes[split] = probe_split(cfg, load_rows(str(data), cfg.data))
+            write_text(probes_file, strict_json.dumps(probes))
+            log.info("split %s probes:\n%s", split, probe_table({split: probes[split]}))
         for seed in map(int, args.seeds.split(",")):
             finished = {r["seed"] for runs in results.get(split, {}).values() for r in runs}
             if seed in finished:
@@ -188,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = sorted({k.split("/", 1)[1] for by_backbone in results.values()
                             for runs in by_backbone.values() for k in runs[0]["alone"]
                             if k.startswith("auc/")})
-    text = table(results, scenarios)
+    text = table(results, scenarios) + "\n\nLinear probes (held-out users):\n\n" + probe_table(probes)
     (out / "table.md").write_text(text + "\n")
     print(f"\nTest AUC alone / + LLM4MSR, diff over seeds {args.seeds} "
           f"({time.perf_counter() - t0:.0f} s):\n{text}")
