@@ -67,7 +67,7 @@ class KnowledgeStats:
     seconds: float
     path: str
     prompt_tokens: int = 0  # prompt tokens fed to the LLM (0 on a cache hit)
-    answer_tokens: int = 0  # tokens the LLM wrote (pooling="answer" or generate_text)
+    answer_tokens: int = 0  # tokens the LLM wrote for pooling="answer" (0 otherwise)
 
     @property
     def tokens_per_second(self) -> float:
@@ -80,7 +80,7 @@ class Knowledge:
     keys: list[str]
     vectors: torch.Tensor  # (N, hidden) float32, row i belongs to keys[i]
     stats: KnowledgeStats
-    texts: dict[str, str] | None = None  # generated answers, when generate_text was on
+    texts: dict[str, str] | None = None  # the answers the LLM wrote (generate_text or pooling=answer)
 
 
 # ---------------------------------------------------------------- prompts
@@ -278,6 +278,11 @@ class FrozenLLM:
         return self.tok.batch_decode(new, skip_special_tokens=True)
 
 
+def writes_answers(cfg: KnowledgeConfig) -> bool:
+    """Whether the LLM writes answers, whose texts are cached beside the vectors."""
+    return cfg.generate_text or cfg.pooling == "answer"
+
+
 def extract_knowledge(prompts: dict[str, str], cfg: KnowledgeConfig, *,
                       device: torch.device | str = "cpu", progress: bool | None = None,
                       llm: FrozenLLM | None = None) -> Knowledge:
@@ -288,7 +293,7 @@ def extract_knowledge(prompts: dict[str, str], cfg: KnowledgeConfig, *,
     keys = list(prompts)
     path = cache_path(prompts, cfg)
     texts_path = path.with_suffix(".json")
-    need_texts = (cfg.generate_text or cfg.pooling == "answer") and not texts_path.exists()
+    need_texts = writes_answers(cfg) and not texts_path.exists()
     if path.exists() and not need_texts:
         with safe_open(str(path), framework="pt") as f:
             vectors = f.get_tensor("vectors")
@@ -345,8 +350,8 @@ def build_knowledge(rows: MSRRows, enc: Encoded, cfg: KnowledgeConfig, *,
     # Load the LLM once, and only when at least one of the two tables (or, with
     # generation on, their texts) misses the cache.
     paths = [cache_path(p, cfg) for p in (scen_prompts, user_p)]
-    wants_texts = cfg.generate_text or cfg.pooling == "answer"
-    cached = all(p.exists() and (not wants_texts or p.with_suffix(".json").exists()) for p in paths)
+    cached = all(p.exists() and (not writes_answers(cfg) or p.with_suffix(".json").exists())
+                 for p in paths)
     if not cached:
         llm = FrozenLLM(cfg)
     scen = extract_knowledge(scen_prompts, cfg, device=device, progress=progress, llm=llm)
