@@ -21,7 +21,7 @@ Every AUC comparison is over the seeds given, paired per seed (same split, same 
 vectors), with a paired t-test per scenario; the best epoch is chosen on validation and
 the test split is read once per run. Knowledge for 6,040 users through SmolLM2 takes
 about half an hour on 2 cores; it is cached by prompt hash, shows progress, and
-`--max-users N` keeps users 1..N for a quick run. Once per split, before training, the
+`--max-users N` keeps users 1..N for a quick run. Once per split, before any training, the
 linear probes of `hllm msr probe` (with their random control) read the same knowledge
 vectors; they go to probes.json and under the AUC table in table.md.
 """
@@ -191,13 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = json.loads(done_file.read_text()) if args.resume and done_file.is_file() else {}
     probes_file = out / "probes.json"
     probes: dict = json.loads(probes_file.read_text()) if args.resume and probes_file.is_file() else {}
-    scenarios: list[str] = []
+    # What the knowledge vectors hold, once per split and before any training: it computes
+    # (or loads) the knowledge the trainings use, and takes seconds beside them.
     for split in args.splits.split(","):
-        if split not in probes:  # what the knowledge vectors hold, once per split (seconds)
+        if split not in probes:
             cfg = load_msr_config(args.preset, overrides={**FIELDS, "data.split": split})
             probes[split] = probe_split(cfg, load_rows(str(data), cfg.data))
             write_text(probes_file, strict_json.dumps(probes))
             log.info("split %s probes:\n%s", split, probe_table({split: probes[split]}))
+    scenarios: list[str] = []
+    for split in args.splits.split(","):
         for seed in map(int, args.seeds.split(",")):
             finished = {r["seed"] for runs in results.get(split, {}).values() for r in runs}
             if seed in finished:
