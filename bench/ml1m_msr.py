@@ -20,7 +20,7 @@ columns):
 Every AUC comparison is over the seeds given, paired per seed (same split, same knowledge
 vectors), with a paired t-test per scenario; the best epoch is chosen on validation and
 the test split is read once per run. Knowledge for 6,040 users through SmolLM2 takes
-about half an hour on 2 cores; it is cached by prompt hash, shows progress, and
+about 20 minutes on 2 quiet cores (995 tokens/s); it is cached by prompt hash, shows progress, and
 `--max-users N` keeps users 1..N for a quick run. Once per split, before any training, the
 linear probes of `hllm msr probe` (with their random control) read the same knowledge
 vectors; they go to probes.json and under the AUC table in table.md.
@@ -147,7 +147,8 @@ def probe_table(probes: dict) -> str:
 
 
 def probe_split(cfg, rows) -> dict:
-    """`hllm msr probe` on this split's knowledge (from the cache the trainings filled)."""
+    """`hllm msr probe` on this split's knowledge, computed here on a miss (the trainings
+    then load it from the cache)."""
     from hllm.msr.data import encode
     from hllm.msr.knowledge import build_knowledge
     from hllm.msr.probes import run_probes, scenario_similarity
