@@ -151,14 +151,10 @@ def probe_split(cfg, rows) -> dict:
     then load it from the cache)."""
     from hllm.msr.data import encode
     from hllm.msr.knowledge import build_knowledge
-    from hllm.msr.probes import run_probes, scenario_similarity
+    from hllm.msr.probes import probe_knowledge
 
     scen, users = build_knowledge(rows, encode(rows), cfg.knowledge)
-    cosine = scenario_similarity(scen.vectors.numpy(), seed=cfg.train.seed)
-    return {"probes": [r.to_dict() for r in run_probes(users.vectors.numpy(), users.keys, rows,
-                                                        seed=cfg.train.seed)],
-            "scenario_cosine": cosine[0], "scenario_cosine_random": cosine[1],
-            "knowledge": vars(users.stats)}
+    return probe_knowledge(scen, users, rows, seed=cfg.train.seed).to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

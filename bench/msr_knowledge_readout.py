@@ -39,7 +39,7 @@ from hllm.msr.config import load_msr_config  # noqa: E402
 from hllm.msr.data import encode, load_rows, require_auc_cells  # noqa: E402
 from hllm.msr.evaluate import evaluate_msr  # noqa: E402
 from hllm.msr.knowledge import build_knowledge  # noqa: E402
-from hllm.msr.probes import render, run_probes, scenario_similarity  # noqa: E402
+from hllm.msr.probes import probe_knowledge  # noqa: E402
 
 # name -> knowledge.* overrides on top of the config
 VARIANTS = {
@@ -83,9 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 "answer_tokens": s.answer_tokens + scen.stats.answer_tokens}
         cost["tokens_per_s"] = (round((cost["prompt_tokens"] + cost["answer_tokens"]) / cost["seconds"])
                                 if not s.cache_hit else None)
-        probes = run_probes(users.vectors.numpy(), users.keys, rows, seed=cfg.train.seed)
-        cosine = scenario_similarity(scen.vectors.numpy(), seed=cfg.train.seed)
-        print(f"\n== {name}: knowledge {cost}\n{render(probes, cosine)}", flush=True)
+        probes = probe_knowledge(scen, users, rows, seed=cfg.train.seed)
+        print(f"\n== {name}: knowledge {cost}\n{probes.render()}", flush=True)
         valid = []
         for seed in seeds:
             c = dataclasses.replace(cfg, knowledge=kcfg, train=dataclasses.replace(cfg.train, seed=seed))
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             valid.append(v["auc"])
             print(f"{name} seed {seed} valid AUC {v['auc']:.4f}", flush=True)
         report["variants"][name] = {
-            "knowledge": cost, "probes": [r.to_dict() for r in probes], "scenario_cosine": cosine,
+            **probes.to_dict(), "knowledge": cost,
             "valid_auc": valid, "texts_sample": dict(list((users.texts or {}).items())[:3])}
     valid_alone = []
     alone_models = []

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from hllm import strict_json
 from hllm.msr.data import MSRRows
-from hllm.msr.probes import cross_validated, run_probes, scenario_similarity
+from hllm.msr.knowledge import Knowledge, KnowledgeStats
+from hllm.msr.probes import cross_validated, probe_knowledge, run_probes, scenario_similarity
 
 pytestmark = pytest.mark.fast  # seconds, no training runs: part of make test-fast
 
@@ -66,3 +71,21 @@ def test_scenario_similarity_against_random():
     alike = base + 0.01 * np.random.default_rng(1).standard_normal((4, 16))
     same, control = scenario_similarity(alike)
     assert same > 0.99 and abs(control) < 0.5
+
+
+def test_probe_knowledge_reports_user_probes_scenario_cosine_and_cost_as_json():
+    """The one report `hllm msr probe` and the benchmarks write: strict JSON, every part present."""
+    rows, users, truth = rows_and_users()
+    facts = (truth - truth.mean(0)) / truth.std(0)
+    stats = KnowledgeStats(prompts=len(users), cache_hit=True, llm_forward_calls=0, seconds=0.0, path="x")
+    user_k = Knowledge(users, torch.tensor(np.column_stack([facts, facts]), dtype=torch.float32), stats)
+    base = np.random.default_rng(0).standard_normal(16)
+    scen_k = Knowledge(SCEN, torch.tensor(np.stack([base, base + 0.01]), dtype=torch.float32), stats)
+    report = probe_knowledge(scen_k, user_k, rows)
+    saved = json.loads(strict_json.dumps(report.to_dict()))
+    assert set(saved) == {"probes", "scenario_cosine", "scenario_cosine_random", "knowledge"}
+    assert saved["scenario_cosine"] > 0.99 > abs(saved["scenario_cosine_random"])
+    assert saved["knowledge"]["prompts"] == len(users)
+    assert {p["target"] for p in saved["probes"]} == {"positive rate: family", "positive rate: action",
+                                                     "gender (F)", "age"}
+    assert "mean pairwise cosine 1.000" in report.render()

@@ -56,17 +56,14 @@ def run_probe(rows, cfg, args: argparse.Namespace) -> int:
     """Probe the (cached) knowledge vectors; print the table, write JSON with --out FILE."""
     from hllm.msr.data import encode
     from hllm.msr.knowledge import build_knowledge
-    from hllm.msr.probes import render, run_probes, scenario_similarity
+    from hllm.msr.probes import probe_knowledge
 
     scen, users = build_knowledge(rows, encode(rows), cfg.knowledge, device=args.device)
-    results = run_probes(users.vectors.numpy(), users.keys, rows, folds=args.folds, seed=cfg.train.seed)
-    cosine = scenario_similarity(scen.vectors.numpy(), seed=cfg.train.seed)
-    print(render(results, cosine))
+    report = probe_knowledge(scen, users, rows, folds=args.folds, seed=cfg.train.seed)
+    print(report.render())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(strict_json.dumps(
-            {"probes": [r.to_dict() for r in results], "scenario_cosine": cosine[0],
-             "scenario_cosine_random": cosine[1], "knowledge": vars(users.stats)}) + "\n")
+        Path(args.out).write_text(strict_json.dumps(report.to_dict()) + "\n")
         print(f"wrote {args.out}")
     return 0
 

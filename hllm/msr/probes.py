@@ -16,13 +16,16 @@ the meta networks can take from it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from hllm.msr.data import MSRRows
 from hllm.msr.evaluate import auc
+
+if TYPE_CHECKING:  # the probes need numpy only; knowledge loads torch and the LLM
+    from hllm.msr.knowledge import Knowledge
 
 ALPHAS = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
@@ -153,3 +156,29 @@ def render(results: Sequence[ProbeResult], scenario_cos: tuple[float, float] | N
         lines.append(f"scenario vectors: mean pairwise cosine {scenario_cos[0]:.3f} "
                      f"(random vectors {scenario_cos[1]:.3f})")
     return "\n".join(lines)
+
+
+@dataclass
+class KnowledgeProbes:
+    """One table's knowledge, probed: every user target, and how alike the scenario vectors are."""
+    probes: list[ProbeResult]
+    scenario_cosine: float
+    scenario_cosine_random: float
+    knowledge: dict  # the user knowledge's KnowledgeStats: prompts, tokens, seconds, cache hit
+
+    def to_dict(self) -> dict:
+        return {"probes": [r.to_dict() for r in self.probes], "scenario_cosine": self.scenario_cosine,
+                "scenario_cosine_random": self.scenario_cosine_random, "knowledge": self.knowledge}
+
+    def render(self) -> str:
+        return render(self.probes, (self.scenario_cosine, self.scenario_cosine_random))
+
+
+def probe_knowledge(scenarios: Knowledge, users: Knowledge, rows: MSRRows, *, folds: int = 5,
+                    seed: int = 0) -> KnowledgeProbes:
+    """`hllm msr probe`: the user probes and the scenario similarity of one build_knowledge result.
+
+    One function, so the CLI and every benchmark report the same probes the same way."""
+    cosine = scenario_similarity(scenarios.vectors.numpy(), seed=seed)
+    return KnowledgeProbes(run_probes(users.vectors.numpy(), users.keys, rows, folds=folds, seed=seed),
+                           *cosine, knowledge=vars(users.stats))
