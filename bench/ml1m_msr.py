@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             probes[split] = probe_split(cfg, load_rows(str(data), cfg.data))
             write_text(probes_file, strict_json.dumps(probes))
             log.info("split %s probes:\n%s", split, probe_table({split: probes[split]}))
-    scenarios: list[str] = []
+    # Youngest to oldest in every table, whichever split ran first or was resumed.
+    scenarios = list(dict.fromkeys(AGE_SCENARIOS.values()))
     for split in args.splits.split(","):
         for seed in map(int, args.seeds.split(",")):
             finished = {r["seed"] for runs in results.get(split, {}).values() for r in runs}
@@ -208,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides["train.epochs"] = args.epochs
             cfg = load_msr_config(args.preset, overrides=overrides)
             rows = load_rows(str(data), cfg.data)
-            if not scenarios:
-                scenarios = list(rows.scenarios)
-                print(scenario_stats(rows).to_string(index=False))
+            print(scenario_stats(rows).to_string(index=False))
             got = compare(cfg, str(data), backbones=tuple(args.backbones.split(",")), rows=rows)
             for alone, plus in zip(got["runs"][::2], got["runs"][1::2]):
                 backbone = alone["model"]
@@ -220,10 +219,6 @@ def main(argv: list[str] | None = None) -> int:
                      "knowledge": got["knowledge"]})
             write_text(done_file, strict_json.dumps(results))
             log.info("split %s seed %d done (%.0f s so far)", split, seed, time.perf_counter() - t0)
-    if not scenarios:
-        scenarios = sorted({k.split("/", 1)[1] for by_backbone in results.values()
-                            for runs in by_backbone.values() for k in runs[0]["alone"]
-                            if k.startswith("auc/")})
     text = table(results, scenarios) + "\n\nLinear probes (held-out users):\n\n" + probe_table(probes)
     (out / "table.md").write_text(text + "\n")
     print(f"\nTest AUC alone / + LLM4MSR, diff over seeds {args.seeds} "
