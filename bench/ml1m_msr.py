@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("split %s probes:\n%s", split, probe_table({split: probes[split]}))
     # Youngest to oldest in every table, whichever split ran first or was resumed.
     scenarios = list(dict.fromkeys(AGE_SCENARIOS.values()))
+    shown: set[str] = set()
     for split in args.splits.split(","):
         for seed in map(int, args.seeds.split(",")):
             finished = {r["seed"] for runs in results.get(split, {}).values() for r in runs}
@@ -209,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                 overrides["train.epochs"] = args.epochs
             cfg = load_msr_config(args.preset, overrides=overrides)
             rows = load_rows(str(data), cfg.data)
-            print(scenario_stats(rows).to_string(index=False))
+            if split not in shown:  # a split's rows do not change with the training seed
+                shown.add(split)
+                print(scenario_stats(rows).to_string(index=False))
             got = compare(cfg, str(data), backbones=tuple(args.backbones.split(",")), rows=rows)
             for alone, plus in zip(got["runs"][::2], got["runs"][1::2]):
                 backbone = alone["model"]
